@@ -1,0 +1,1 @@
+"""muaudit's built-in membership-inference attacks, registered through the ``muaudit.attacks`` entry points."""

@@ -1,0 +1,1 @@
+"""muaudit's built-in unlearning methods, registered through the ``muaudit.methods`` entry points."""

@@ -1,0 +1,36 @@
+"""muaudit: audit machine unlearning against the gold model (the same recipe retrained without the forget set).
+
+The core defines tasks, the model zoo, gold retraining, readouts, attack metrics and the scorecard; unlearning
+methods and membership-inference attacks are plugins found through the entry-point groups ``muaudit.methods`` and
+``muaudit.attacks``. Heavy modules are imported lazily so that ``import muaudit`` stays cheap.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "UnlearningMethod": "muaudit.base",
+    "MembershipAttack": "muaudit.base",
+    "MethodData": "muaudit.base",
+    "MethodContext": "muaudit.base",
+    "ModelOutputs": "muaudit.base",
+    "AttackScores": "muaudit.base",
+    "Param": "muaudit.params",
+    "Interval": "muaudit.params",
+    "Choice": "muaudit.params",
+    "Task": "muaudit.task",
+    "Recipe": "muaudit.task",
+    "Scorecard": "muaudit.results",
+    "MuauditError": "muaudit.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'muaudit' has no attribute {name!r}")

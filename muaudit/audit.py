@@ -1,0 +1,446 @@
+"""The audit pipeline: original model, gold retrains, method run, readouts, scorecard.
+
+:func:`prepare` builds an :class:`AuditSetup` (task, data, original model, gold models) that several methods can
+share (``muaudit compare``); :func:`run_method` applies one method to a private copy of the original and times it;
+:func:`build_scorecard` computes every readout from each model's logits, which are computed once per split.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from muaudit import readouts as R
+from muaudit.base import MembershipAttack, MethodContext, MethodData, ModelOutputs, UnlearningMethod
+from muaudit.cache import TensorCache
+from muaudit.checkpoint import Checkpoint, load_checkpoint, load_into, state_dict_sha256
+from muaudit.data import DataBundle, Split
+from muaudit.errors import CheckpointError, PluginValidationError, TaskError
+from muaudit.metrics import AttackMetrics, attack_metrics
+from muaudit.plugins import LoadedPlugin
+from muaudit.results import AttackReport, Readout, Scorecard
+from muaudit.task import ModelSpec, Task
+from muaudit.training import derive_seed, fresh_model, predict_logits, train_from_scratch
+from muaudit.zoo import last_linear_prefix
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model trained by muaudit with its seed and how long its training took."""
+
+    model: nn.Module
+    seed: int
+    train_seconds: float
+    from_cache: bool
+
+
+@dataclass
+class AuditSetup:
+    """Everything shared by the methods audited on one task: data, original and gold models, cached logits."""
+
+    task: Task
+    data: DataBundle
+    original: nn.Module
+    original_source: dict[str, Any]
+    golds: list[TrainedModel]
+    device: torch.device
+    cache: TensorCache
+    progress: bool = False
+    _outputs: dict[int, ModelOutputs] = field(default_factory=dict, repr=False)
+
+    @property
+    def forget(self) -> Split:
+        return self.data.train.subset(list(self.task.forget_indices or ()))
+
+    @property
+    def retain(self) -> Split:
+        mask = np.ones(len(self.data.train), dtype=bool)
+        mask[list(self.task.forget_indices or ())] = False
+        return self.data.train.subset(np.flatnonzero(mask))
+
+    def outputs(self, model: nn.Module) -> ModelOutputs:
+        """Logits of ``model`` on D_f, D_r and the test split (memoised for the original and gold models)."""
+        key = id(model)
+        if key not in self._outputs:
+            forget, retain, test = self.forget, self.retain, self.data.test
+            result = ModelOutputs(
+                predict_logits(model, forget, self.device), forget.y,
+                predict_logits(model, retain, self.device), retain.y,
+                predict_logits(model, test, self.device), test.y,
+            )
+            if model is not self.original and all(model is not g.model for g in self.golds):
+                return result
+            self._outputs[key] = result
+        return self._outputs[key]
+
+
+# ---------------------------------------------------------------------------------- model sources
+def versions() -> dict[str, str]:
+    """Versions of Python and the numerical stack, for provenance."""
+    import scipy
+    import sklearn
+
+    from muaudit import __version__
+
+    return {"muaudit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
+
+
+def checkpoint_metadata(task: Task, role: str, seed: int, train_seconds: float) -> dict[str, Any]:
+    return {"role": role, "task": task.to_dict(), "task_hash": task.content_hash(), "arch": task.model.arch,
+            "seed": seed, "train_seconds": train_seconds, "versions": versions()}
+
+
+def _train_cached(task: Task, data: DataBundle, split: Split, role: str, seed: int, cache: TensorCache,
+                  device: torch.device, progress: bool) -> TrainedModel:
+    config = {"role": role, "task_hash": task.content_hash(), "seed": seed}
+    model = fresh_model(task, data, 0)
+    hit = cache.get(config)
+    if hit is not None:
+        load_into(model, hit[0], f"cache entry {cache.path(config)}")
+        return TrainedModel(model.to(device).eval(), seed, float(hit[1].get("train_seconds", float("nan"))), True)
+    start = time.perf_counter()
+    model = train_from_scratch(task, data, split, seed, device, f"{role} seed {seed}" if progress else None)
+    seconds = time.perf_counter() - start
+    cache.put(config, model.state_dict(), {"train_seconds": seconds, "versions": versions()})
+    return TrainedModel(model, seed, seconds, False)
+
+
+def train_original(task: Task, data: DataBundle, cache: TensorCache, device: torch.device,
+                   progress: bool = False) -> TrainedModel:
+    """The original model: the task's recipe on the whole training set D (cached)."""
+    return _train_cached(task, data, data.train, "original", derive_seed(task.seed, "original"),
+                         cache, device, progress)
+
+
+def gold_seeds(task: Task, count: int) -> list[int]:
+    return [derive_seed(task.seed, "gold", j) for j in range(count)]
+
+
+def train_golds(task: Task, data: DataBundle, retain: Split, count: int, cache: TensorCache,
+                device: torch.device, progress: bool = False) -> list[TrainedModel]:
+    """``count`` gold models: fresh initialisation of every layer, the same recipe, on D_r only (cached)."""
+    if count < 1:
+        raise TaskError("at least one gold model is needed (--gold-seeds >= 1)")
+    return [_train_cached(task, data, retain, "gold", s, cache, device, progress) for s in gold_seeds(task, count)]
+
+
+def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | None,
+                             data_root: str | None) -> tuple[Task, dict[str, Any]]:
+    """Resolve the task of a checkpoint: its own metadata, or ``task``/``arch`` for a bare state dict."""
+    if ckpt.metadata is not None and "task" in ckpt.metadata:
+        own = Task.from_dict(ckpt.metadata["task"])
+        if data_root is not None:
+            own = replace(own, dataset=replace(own.dataset, root=data_root))
+        if task is not None and _spec_key(task) != _spec_key(own):
+            raise TaskError(f"{ckpt.path} was trained on task {own.name!r}, which differs from the --task given")
+        if arch is not None and arch != own.model.arch:
+            raise CheckpointError(f"{ckpt.path} holds a {own.model.arch!r} model, not {arch!r}")
+        return own, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": False}
+    if task is None:
+        raise CheckpointError(f"{ckpt.path} is a bare state dict without muaudit metadata: pass --task (and --arch)")
+    if arch is not None:
+        task = replace(task, model=ModelSpec(arch, task.model.options))
+    return task, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": True}
+
+
+def _spec_key(task: Task) -> tuple[Any, ...]:
+    """What must agree between a checkpoint's task and a --task: everything but name, root and materialisation."""
+    return (task.dataset.name, task.dataset.val_fraction, task.forget, task.model.arch, dict(task.model.options),
+            task.recipe, task.seed)
+
+
+def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None = None,
+            data_root: str | None = None, gold_count: int = 2, cache: TensorCache | None = None,
+            device: torch.device | None = None, progress: bool = False) -> AuditSetup:
+    """Load data, the original model and the gold models.
+
+    The original comes from ``checkpoint`` (whose metadata names its task; a bare state dict needs ``task``) or,
+    without one, is trained (and cached) from ``task``, which defaults to the named ``digits`` task.
+    """
+    from muaudit.task import NAMED_TASKS
+
+    cache = cache or TensorCache()
+    device = device or torch.device("cpu")
+    ckpt = load_checkpoint(checkpoint) if checkpoint else None
+    source: dict[str, Any] = {"kind": "trained"}
+    if ckpt is not None:
+        task, source = original_from_checkpoint(ckpt, task, arch, data_root)
+    task = task or NAMED_TASKS["digits"]
+    if data_root is not None:
+        task = replace(task, dataset=replace(task.dataset, root=data_root))
+    data = task.dataset.load()
+    task = task.materialise(data)
+    if ckpt is not None:
+        original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path).to(device).eval()
+    else:
+        trained = train_original(task, data, cache, device, progress)
+        original = trained.model
+        source["train_seconds"] = trained.train_seconds
+    source["state_sha256"] = state_dict_sha256(original.state_dict())
+    setup = AuditSetup(task, data, original, source, [], device, cache, progress)
+    setup.golds = train_golds(task, data, setup.retain, gold_count, cache, device, progress)
+    return setup
+
+
+# ------------------------------------------------------------------------------------ method runs
+@dataclass(frozen=True)
+class MethodRun:
+    """An unlearned model with the method's identity, parameters, seed and timing."""
+
+    model: nn.Module
+    plugin: LoadedPlugin
+    params: dict[str, Any]
+    seed: int
+    seconds: float
+    stats_seconds: float
+
+
+def method_context(setup: AuditSetup, seed: int, label: str | None) -> MethodContext:
+    task, data = setup.task, setup.data
+    return MethodContext(device=setup.device, seed=seed, recipe=task.recipe, n_classes=data.n_classes,
+                         input_shape=data.input_shape,
+                         fresh_model=lambda s: fresh_model(task, data, s).to(setup.device),
+                         progress=label if setup.progress else None)
+
+
+def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlugin,
+                 ctx: MethodContext) -> tuple[dict[str, torch.Tensor], float]:
+    config = {"role": "train_stats", "method": plugin.spec.qualified_name, "version": plugin.spec.version,
+              "original": setup.original_source["state_sha256"], "task_hash": setup.task.content_hash(),
+              "params": method.train_stats_params()}
+    hit = setup.cache.get(config)
+    if hit is not None:
+        return hit[0], 0.0
+    start = time.perf_counter()
+    stats = method.compute_train_stats(copy.deepcopy(setup.original), setup.data.train, ctx)
+    seconds = time.perf_counter() - start
+    setup.cache.put(config, stats, {"seconds": seconds})
+    return stats, seconds
+
+
+def run_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], seed: int | None = None
+               ) -> MethodRun:
+    """Apply the method to a private copy of the original model, with only the data it declared."""
+    method: UnlearningMethod = plugin.cls(**params)
+    seed = derive_seed(setup.task.seed, "method") if seed is None else seed
+    ctx = method_context(setup, seed, plugin.spec.name)
+    needs = plugin.cls.needs
+    stats, stats_seconds = (_train_stats(setup, method, plugin, ctx) if "train_stats" in needs else (None, 0.0))
+    data = MethodData(plugin.spec.name, setup.forget,
+                      retain=setup.retain if "retain" in needs else None,
+                      validation=setup.data.val if "validation" in needs else None,
+                      train_stats=stats)
+    model = copy.deepcopy(setup.original).to(setup.device)
+    torch.manual_seed(derive_seed(seed, "torch"))
+    start = time.perf_counter()
+    result = method.unlearn(model, data, ctx)
+    seconds = time.perf_counter() - start
+    _check_result(plugin, setup.original, result)
+    return MethodRun(result.eval(), plugin, method.hparams.as_dict(), seed, seconds, stats_seconds)
+
+
+def _check_result(plugin: LoadedPlugin, original: nn.Module, result: Any) -> None:
+    where = plugin.spec.describe()
+    if not isinstance(result, nn.Module):
+        raise PluginValidationError(f"{where} returned {type(result).__name__}, not a torch.nn.Module")
+    try:
+        load_into(copy.deepcopy(original), result.state_dict(), f"the model returned by {where}")
+    except CheckpointError as exc:
+        raise PluginValidationError(str(exc)) from None
+    for name, tensor in result.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise PluginValidationError(f"{where} produced NaN or infinite values in {name!r}")
+
+
+# --------------------------------------------------------------------------------------- readouts
+_PCT = "%"
+
+
+def _model_readout(name: str, unit: str, hib: bool | None, desc: str, values: list[float | None],
+                   unlearned: float | None, original: float | None) -> Readout:
+    """``values`` are the gold models' values; the first is the reference gold."""
+    gold = values[0]
+    gap = None if unlearned is None or gold is None else unlearned - gold
+    spread = tuple(abs(v - gold) for v in values[1:] if v is not None and gold is not None)
+    return Readout(name, "model", unit, hib, desc, unlearned, original, gold, gap, spread)
+
+
+def _distance_readout(name: str, unit: str, desc: str, unlearned: float, original: float,
+                      spread: list[float]) -> Readout:
+    return Readout(name, "distance", unit, False, desc, unlearned, original, None, None, tuple(spread))
+
+
+def _accuracy_readouts(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs]) -> list[Readout]:
+    out = []
+    for split, label in (("test", "the test split"), ("forget", "D_f"), ("retain", "D_r")):
+        def err(m: ModelOutputs, s: str = split) -> float:
+            return R.error_percent(getattr(m, f"{s}_logits"), getattr(m, f"{s}_labels"))
+
+        out.append(_model_readout(f"{split}_error", _PCT, None if split == "forget" else False,
+                                  f"100 - accuracy on {label} (PGU paper Tables 1-3)",
+                                  [err(g) for g in golds], err(u), err(o)))
+    return out
+
+
+def _output_distance_readouts(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs]) -> list[Readout]:
+    ref, others = golds[0].forget_logits, [g.forget_logits for g in golds[1:]]
+    specs = [
+        ("activation_distance", "L2", R.activation_distance,
+         "mean over D_f of ||softmax(model) - softmax(gold)||_2 (SSD/TMU actv_dist)"),
+        ("js_to_gold", "nats", R.js_divergence, "mean over D_f of the Jensen-Shannon divergence to gold"),
+        ("kl_gold_to_model", "nats", lambda m, g: R.kl_divergence(g, m),
+         "mean over D_f of KL(p_gold || p_model)"),
+    ]
+    return [_distance_readout(name, unit, desc, fn(u.forget_logits, ref), fn(o.forget_logits, ref),
+                              [fn(x, ref) for x in others]) for name, unit, fn, desc in specs]
+
+
+def _entropy_readouts(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs]) -> list[Readout]:
+    h = {"u": R.entropies(u.forget_logits), "o": R.entropies(o.forget_logits)}
+    hg = [R.entropies(g.forget_logits) for g in golds]
+    dists = {k: R.distribution_distance(v, hg[0]) for k, v in h.items()}
+    spread = [R.distribution_distance(x, hg[0]) for x in hg[1:]]
+    return [
+        _model_readout("forget_entropy_mean", "nats", None, "mean softmax entropy on D_f (PGU Figs. 1, 3, 5)",
+                       [float(x.mean()) for x in hg], float(h["u"].mean()), float(h["o"].mean())),
+        _distance_readout("entropy_wasserstein", "nats",
+                          "1-Wasserstein distance between the D_f entropy distributions of model and gold",
+                          dists["u"].wasserstein, dists["o"].wasserstein, [d.wasserstein for d in spread]),
+        _distance_readout("entropy_ks", "statistic",
+                          "two-sample Kolmogorov-Smirnov statistic between D_f entropy distributions of model "
+                          "and gold", dists["u"].ks_statistic, dists["o"].ks_statistic,
+                          [d.ks_statistic for d in spread]),
+    ]
+
+
+def _parameter_readouts(unlearned: nn.Module, original: nn.Module, golds: list[nn.Module]) -> list[Readout]:
+    last = last_linear_prefix(original)
+    to_orig = {"u": R.parameter_change(unlearned, original, last),
+               "g": [R.parameter_change(g, original, last) for g in golds]}
+    to_gold = {"u": R.parameter_change(unlearned, golds[0], last), "o": R.parameter_change(original, golds[0], last),
+               "g": [R.parameter_change(g, golds[0], last) for g in golds[1:]]}
+    out = []
+    for field_name, label in (("l1_all", "L1, all parameters"), ("l2_all", "L2, all parameters"),
+                              ("l1_last", "L1, last linear layer"), ("l2_last", "L2, last linear layer")):
+        def pick(pc: R.ParameterChange, f: str = field_name) -> float:
+            return getattr(pc, f)
+
+        out.append(_model_readout(f"param_{field_name}_to_original", "norm", None,
+                                  f"{label} of theta - theta_original (delta-Targeted Figs. 1-3)",
+                                  [pick(g) for g in to_orig["g"]], pick(to_orig["u"]), 0.0))
+        out.append(_distance_readout(f"param_{field_name}_to_gold", "norm", f"{label} of theta - theta_gold",
+                                     pick(to_gold["u"]), pick(to_gold["o"]), [pick(g) for g in to_gold["g"]]))
+    return out
+
+
+def _metrics_dict(m: AttackMetrics) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(m)
+
+
+_ATTACK_FIELDS = (
+    ("auc", "AUC of D_f (members) vs test (non-members) scores; gold ~ 0.5", None),
+    ("member_rate", "fraction of D_f the attack calls member at its threshold", None),
+    ("balanced_accuracy", "balanced accuracy of D_f vs test at the attack's threshold", None),
+    ("tpr_at_1pct_fpr", "TPR at 1% FPR (None: insufficient negatives)", None),
+    ("tpr_at_01pct_fpr", "TPR at 0.1% FPR (None: insufficient negatives)", None),
+)
+
+
+def _attack_readouts(name: str, metrics: dict[str, list[AttackMetrics]]) -> list[Readout]:
+    out = []
+    for key, desc, hib in _ATTACK_FIELDS:
+        golds = [getattr(m, key) for m in metrics["gold"]]
+        out.append(_model_readout(f"mia_{name}_{key}", "fraction", hib, f"{name} attack: {desc}",
+                                  golds, getattr(metrics["unlearned"][0], key), getattr(metrics["original"][0], key)))
+    return out
+
+
+def _attack_on(attack: MembershipAttack, outputs: ModelOutputs, seed: int) -> tuple[AttackMetrics, dict[str, Any]]:
+    scores = attack.score(outputs, seed)
+    return attack_metrics(scores.members, scores.nonmembers, scores.threshold), scores.settings
+
+
+def _avg_gap_terms(o: ModelOutputs, m: AttackMetrics) -> dict[str, float]:
+    return {"test_acc": 100 * R.accuracy(o.test_logits, o.test_labels),
+            "retain_acc": 100 * R.accuracy(o.retain_logits, o.retain_labels),
+            "forget_acc": 100 * R.accuracy(o.forget_logits, o.forget_labels),
+            "mia": 100 * m.member_rate}
+
+
+def _entropy_histograms(outputs: dict[str, ModelOutputs], n_classes: int) -> dict[str, Any]:
+    bins = np.linspace(0.0, float(np.log(n_classes)), 21)
+    return {"bin_edges": bins.tolist(),
+            **{k: np.histogram(R.entropies(v.forget_logits), bins=bins)[0].tolist() for k, v in outputs.items()}}
+
+
+def build_scorecard(setup: AuditSetup, run: MethodRun, attack_plugin: LoadedPlugin) -> Scorecard:
+    """Every readout of ``run`` beside the original and gold models, with the gold-vs-gold spread."""
+    u, o = setup.outputs(run.model), setup.outputs(setup.original)
+    golds = [setup.outputs(g.model) for g in setup.golds]
+    attack: MembershipAttack = attack_plugin.cls()
+    attack_seed = derive_seed(setup.task.seed, "attack")
+    results = {"unlearned": [_attack_on(attack, u, attack_seed)], "original": [_attack_on(attack, o, attack_seed)],
+               "gold": [_attack_on(attack, g, attack_seed) for g in golds]}
+    metrics = {k: [m for m, _ in v] for k, v in results.items()}
+    gaps_gold = [_avg_gap_terms(g, m) for g, m in zip(golds, metrics["gold"])]
+    avg = _distance_readout(
+        "avg_gap", _PCT, f"NatMU AvgGap: mean |gap| to gold of test, retain and forget accuracy and the "
+        f"{attack_plugin.spec.name} attack's D_f member rate (MIA term), in %",
+        R.avg_gap(_avg_gap_terms(u, metrics["unlearned"][0]), gaps_gold[0]),
+        R.avg_gap(_avg_gap_terms(o, metrics["original"][0]), gaps_gold[0]),
+        [R.avg_gap(g, gaps_gold[0]) for g in gaps_gold[1:]])
+    readouts = (_accuracy_readouts(u, o, golds) + _output_distance_readouts(u, o, golds)
+                + _entropy_readouts(u, o, golds)
+                + _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])
+                + _attack_readouts(attack_plugin.spec.name, metrics) + [avg])
+    report = AttackReport(attack_plugin.spec.name, attack_plugin.spec.dist, attack_plugin.spec.version,
+                          results["unlearned"][0][1], _metrics_dict(metrics["unlearned"][0]),
+                          _metrics_dict(metrics["original"][0]), _metrics_dict(metrics["gold"][0]))
+    return Scorecard(
+        method=_method_info(run), task=_task_info(setup.task), readouts=tuple(readouts), attacks=(report,),
+        entropy_histograms=_entropy_histograms({"original": o, "gold": golds[0], "unlearned": u},
+                                               setup.data.n_classes),
+        provenance=_provenance(setup, run, attack_plugin, attack_seed), timings=_timings(setup, run))
+
+
+def _method_info(run: MethodRun) -> dict[str, Any]:
+    cls = run.plugin.cls
+    return {"name": run.plugin.spec.name, "summary": cls.summary, "paper": cls.paper,
+            "params": run.params, "needs": sorted(cls.needs), "seed": run.seed}
+
+
+def _task_info(task: Task) -> dict[str, Any]:
+    return {"name": task.name, "hash": task.content_hash(), "dataset": task.dataset.name,
+            "forget": {k: v for k, v in vars(task.forget).items() if v is not None},
+            "forget_size": len(task.forget_indices or ()), "arch": task.model.arch, "seed": task.seed,
+            "spec": task.to_dict() | {"dataset": {"name": task.dataset.name,
+                                                  "val_fraction": task.dataset.val_fraction}}}
+
+
+def _provenance(setup: AuditSetup, run: MethodRun, attack: LoadedPlugin, attack_seed: int) -> dict[str, Any]:
+    source = {k: v for k, v in setup.original_source.items() if k != "train_seconds"}
+    return {"versions": versions(), "device": str(setup.device), "method_plugin": run.plugin.provenance(),
+            "attack_plugins": [attack.provenance()], "original": source,
+            "seeds": {"task": setup.task.seed, "method": run.seed, "gold": [g.seed for g in setup.golds],
+                      "attack": attack_seed},
+            "gold_models": len(setup.golds),
+            "gold_state_sha256": [state_dict_sha256(g.model.state_dict()) for g in setup.golds],
+            "unlearned_state_sha256": state_dict_sha256(run.model.state_dict())}
+
+
+def _timings(setup: AuditSetup, run: MethodRun) -> dict[str, Any]:
+    gold_seconds = float(np.mean([g.train_seconds for g in setup.golds]))
+    return {"method_seconds": run.seconds, "train_stats_seconds": run.stats_seconds,
+            "gold_seconds": gold_seconds, "speedup_vs_gold": gold_seconds / max(run.seconds, 1e-9),
+            "gold_from_cache": all(g.from_cache for g in setup.golds),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}

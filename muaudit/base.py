@@ -1,0 +1,176 @@
+"""The plugin contracts: unlearning methods and membership-inference attacks.
+
+A method is a class with declarations (``name``, ``summary``, ``paper``, ``needs``, ``params``) and an
+:meth:`UnlearningMethod.unlearn` that receives a *copy* of the original model, a :class:`MethodData` holding only
+the data it declared, and a :class:`MethodContext`. An attack is a class whose :meth:`MembershipAttack.score`
+returns per-example membership scores (higher = member); metrics are computed centrally in
+:mod:`muaudit.metrics`, never by the plugin.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from muaudit.data import Split
+from muaudit.errors import UndeclaredDataError
+from muaudit.params import Param, ParamSet, validate_params
+from muaudit.task import Recipe
+
+#: What a method may declare beyond the forget set, which every method receives.
+DATA_NEEDS: Mapping[str, str] = {
+    "retain": "the retain set D_r = D \\ D_f",
+    "validation": "the validation split (carved from the test split; held-out data)",
+    "train_stats": "statistics of the full training set, computed once per original model by "
+                   "compute_train_stats (the training data itself is never handed to unlearn)",
+}
+
+
+class MethodData:
+    """The data a method may see: always the forget set, anything else only if declared.
+
+    Undeclared data is never stored here, so a method cannot reach it; asking for it raises
+    :class:`~muaudit.errors.UndeclaredDataError`.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        forget: Split,
+        retain: Split | None = None,
+        validation: Split | None = None,
+        train_stats: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        self._method = method
+        self._forget = forget
+        self._items: dict[str, Any] = {
+            k: v for k, v in (("retain", retain), ("validation", validation), ("train_stats", train_stats))
+            if v is not None
+        }
+
+    @property
+    def forget(self) -> Split:
+        return self._forget
+
+    def _get(self, need: str) -> Any:
+        if need not in self._items:
+            raise UndeclaredDataError(
+                f"method {self._method!r} asked for {need!r} data but did not declare it in its 'needs'"
+            )
+        return self._items[need]
+
+    @property
+    def retain(self) -> Split:
+        return self._get("retain")
+
+    @property
+    def validation(self) -> Split:
+        return self._get("validation")
+
+    @property
+    def train_stats(self) -> Mapping[str, torch.Tensor]:
+        return self._get("train_stats")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the run besides data: device, seed, the task's recipe, model factory.
+
+    ``fresh_model(seed)`` builds the task's architecture with every layer freshly initialised (used by
+    ``retrain`` and by methods that need an incompetent teacher). ``progress`` is a label for progress bars, or
+    ``None`` for silence.
+    """
+
+    device: torch.device
+    seed: int
+    recipe: Recipe
+    n_classes: int
+    input_shape: tuple[int, ...]
+    fresh_model: Callable[[int], nn.Module]
+    progress: str | None = None
+
+    def generator(self, *labels: object) -> torch.Generator:
+        """A CPU generator seeded from the run seed and ``labels``."""
+        from muaudit.training import derive_seed, generator
+
+        return generator(derive_seed(self.seed, *labels))
+
+
+class _Plugin:
+    """Shared declaration handling for methods and attacks."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, **params: Any) -> None:
+        self.hparams: ParamSet = validate_params(self.display_name(), self.params, params)
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.name or cls.__name__
+
+
+class UnlearningMethod(_Plugin, ABC):
+    """Base class of unlearning methods (entry-point group ``muaudit.methods``)."""
+
+    #: Data beyond the forget set that the method needs: a subset of :data:`DATA_NEEDS`.
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: False for methods whose output legitimately varies for a fixed seed.
+    deterministic: ClassVar[bool] = True
+
+    @abstractmethod
+    def unlearn(self, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:
+        """Return the unlearned model. ``model`` is already a private copy on ``ctx.device``."""
+
+    def compute_train_stats(self, model: nn.Module, train: Split, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        """Statistics of the full training set for ``model`` (only for methods that declare ``train_stats``).
+
+        Called once per original model and cached beside it, so that no training data is needed at deletion
+        time. Must depend only on the model, the data and :meth:`train_stats_params`.
+        """
+        raise NotImplementedError(f"method {self.display_name()!r} declares no train_stats")
+
+    def train_stats_params(self) -> dict[str, Any]:
+        """The hyperparameters that :meth:`compute_train_stats` depends on (part of its cache key)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One model's logits and the labels on the forget, retain and test splits (CPU tensors)."""
+
+    forget_logits: torch.Tensor
+    forget_labels: torch.Tensor
+    retain_logits: torch.Tensor
+    retain_labels: torch.Tensor
+    test_logits: torch.Tensor
+    test_labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AttackScores:
+    """What an attack returns.
+
+    ``members`` are the scores of the audited candidates (the forget set), ``nonmembers`` those of held-out
+    examples never trained on (the test split); higher = more likely a member. ``threshold`` is the attack's own
+    decision rule (score >= threshold means member) or ``None``. ``settings`` records every knob it used.
+    """
+
+    members: np.ndarray
+    nonmembers: np.ndarray
+    threshold: float | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class MembershipAttack(_Plugin, ABC):
+    """Base class of membership-inference attacks (entry-point group ``muaudit.attacks``)."""
+
+    @abstractmethod
+    def score(self, outputs: ModelOutputs, seed: int) -> AttackScores:
+        """Score the forget set (members) and the test split (non-members) from ``outputs``."""

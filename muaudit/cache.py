@@ -1,0 +1,83 @@
+"""A content-addressed cache for trained models and tensor statistics (safetensors + JSON, never pickle).
+
+The key of an entry is the SHA-256 of a canonical JSON *configuration* (task hash, role, seed, schema). Each
+entry is ``<key>.safetensors`` holding the tensors and the configuration in its header; on load the stored
+configuration must equal the requested one, so a corrupt or mismatched entry is rebuilt, never used.
+
+Location: ``--cache-dir``, else ``$MUAUDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/muaudit``, else
+``~/.cache/muaudit``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+CACHE_SCHEMA = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MUAUDIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "muaudit"
+
+
+class TensorCache:
+    """Store and fetch named tensor dictionaries under a configuration."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    @staticmethod
+    def key(config: Mapping[str, Any]) -> str:
+        text = json.dumps({"cache_schema": CACHE_SCHEMA, **config}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def path(self, config: Mapping[str, Any]) -> Path:
+        key = self.key(config)
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, config: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The tensors and extra metadata stored under ``config``, or ``None`` if absent or mismatched."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        path = self.path(config)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = json.loads((handle.metadata() or {}).get("muaudit_cache", "{}"))
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError):
+            return None
+        expected = json.loads(json.dumps({"cache_schema": CACHE_SCHEMA, **config}, sort_keys=True))
+        if header.get("config") != expected:
+            return None
+        return tensors, header.get("extra", {})
+
+    def put(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+            extra: Mapping[str, Any] | None = None) -> Path:
+        """Atomically store ``tensors`` under ``config`` with JSON-serialisable ``extra`` metadata."""
+        from safetensors.torch import save_file
+
+        path = self.path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"config": {"cache_schema": CACHE_SCHEMA, **config}, "extra": dict(extra or {})}
+        contiguous = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(contiguous, tmp, metadata={"muaudit_cache": json.dumps(header, sort_keys=True)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path

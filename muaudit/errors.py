@@ -1,0 +1,54 @@
+"""The muaudit error hierarchy.
+
+Every error a user can cause derives from :class:`MuauditError`; the CLI prints its message as one line and
+exits with the code attached to the class, never with a traceback.
+"""
+from __future__ import annotations
+
+
+class MuauditError(Exception):
+    """Base class of every user-facing muaudit error."""
+
+    exit_code: int = 2
+
+
+class DataError(MuauditError):
+    """A data set cannot be found, read or validated."""
+
+
+class TaskError(MuauditError):
+    """A task specification is invalid (bad forget set, unknown dataset, malformed file)."""
+
+
+class CheckpointError(MuauditError):
+    """A checkpoint is missing, unsafe, corrupt, of the wrong architecture or holds non-finite weights."""
+
+
+class ParameterError(MuauditError, ValueError):
+    """A hyperparameter is unknown or violates its declared constraint."""
+
+
+class UndeclaredDataError(MuauditError):
+    """A method reached for data it did not declare that it needs."""
+
+
+class PluginError(MuauditError):
+    """Base class of plugin discovery and loading errors."""
+
+    exit_code = 3
+
+
+class UnknownPluginError(PluginError):
+    """No installed plugin has the requested name."""
+
+
+class DuplicatePluginError(PluginError):
+    """Two distributions provide a plugin of the same name; a qualified name is needed."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin's entry point failed to import."""
+
+
+class PluginValidationError(PluginError):
+    """A plugin does not satisfy the method or attack contract."""

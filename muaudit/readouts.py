@@ -1,0 +1,122 @@
+"""Readouts: pure functions of logits, labels and weights, each implemented once and used everywhere.
+
+Logits come in as tensors or arrays of shape ``(N, K)``; probabilities are computed in float64 with SciPy.
+Divergences use the natural logarithm (nats). Each function states the published definition it follows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+from scipy import special, stats
+from scipy.spatial import distance
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ReadoutInfo:
+    """Metadata of a readout: unit, direction for gates, and where its definition comes from."""
+
+    name: str
+    unit: str
+    higher_is_better: bool | None
+    description: str
+
+
+def _np(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def softmax(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    return special.softmax(_np(logits), axis=1)
+
+
+def accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    predictions = _np(logits).argmax(axis=1)
+    return float(np.mean(predictions == _np(labels).astype(np.int64)))
+
+
+def error_percent(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    """100 - accuracy in percent (the PGU paper's test/forget/retain error)."""
+    return 100.0 * (1.0 - accuracy(logits, labels))
+
+
+def activation_distance(logits_a: torch.Tensor | np.ndarray, logits_b: torch.Tensor | np.ndarray) -> float:
+    """Mean over examples of the L2 norm between the two softmax outputs (SSD/TMU ``actv_dist``)."""
+    return float(np.mean(np.linalg.norm(softmax(logits_a) - softmax(logits_b), axis=1)))
+
+
+def js_divergence(logits_a: torch.Tensor | np.ndarray, logits_b: torch.Tensor | np.ndarray) -> float:
+    """Mean per-example Jensen-Shannon divergence ``0.5 KL(p||m) + 0.5 KL(q||m)``, ``m = (p+q)/2`` (nats).
+
+    SciPy's ``jensenshannon`` returns the JS *distance* (the square root), hence the square.
+    """
+    return float(np.mean(distance.jensenshannon(softmax(logits_a), softmax(logits_b), axis=1) ** 2))
+
+
+def kl_divergence(logits_ref: torch.Tensor | np.ndarray, logits_model: torch.Tensor | np.ndarray) -> float:
+    """Mean per-example ``KL(p_ref || p_model)`` in nats (the reference is the gold model)."""
+    return float(np.mean(stats.entropy(softmax(logits_ref), softmax(logits_model), axis=1)))
+
+
+def entropies(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-example Shannon entropy of the softmax output, in nats (PGU's entropy distributions)."""
+    return stats.entropy(softmax(logits), axis=1)
+
+
+@dataclass(frozen=True)
+class DistributionDistance:
+    """Two-sample distances between entropy distributions."""
+
+    wasserstein: float
+    ks_statistic: float
+    ks_pvalue: float
+
+
+def distribution_distance(sample: np.ndarray, reference: np.ndarray) -> DistributionDistance:
+    """1-Wasserstein distance and two-sample Kolmogorov-Smirnov test (SciPy) between two samples."""
+    ks = stats.ks_2samp(sample, reference)
+    return DistributionDistance(float(stats.wasserstein_distance(sample, reference)),
+                                float(ks.statistic), float(ks.pvalue))
+
+
+@dataclass(frozen=True)
+class ParameterChange:
+    """Norms of the difference between two models' parameters (buffers excluded)."""
+
+    l1_all: float
+    l2_all: float
+    l1_last: float
+    l2_last: float
+
+
+def parameter_change(model_a: nn.Module, model_b: nn.Module, last_prefix: str) -> ParameterChange:
+    """L1 and L2 norms of ``theta_a - theta_b`` over all parameters and over the layer ``last_prefix``.
+
+    Following the delta-Targeted paper (Figs. 1-3): trainable parameters only; the "last layer" is the final
+    fully-connected layer (weights and bias).
+    """
+    params_b = dict(model_b.named_parameters())
+    diffs = {name: (p.detach().double().cpu() - params_b[name].detach().double().cpu()).reshape(-1)
+             for name, p in model_a.named_parameters()}
+    last = [d for name, d in diffs.items() if name.startswith(last_prefix)]
+    return ParameterChange(_norm(diffs.values(), 1), _norm(diffs.values(), 2), _norm(last, 1), _norm(last, 2))
+
+
+def _norm(parts: Iterable[torch.Tensor], order: int) -> float:
+    flat = [p for p in parts]
+    if not flat:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.cat(flat), ord=order))
+
+
+def avg_gap(model: Mapping[str, float], gold: Mapping[str, float]) -> float:
+    """NatMU's AvgGap: the mean absolute gap to gold over test, retain and forget accuracy and the MIA (in %)."""
+    keys = ("test_acc", "retain_acc", "forget_acc", "mia")
+    return float(np.mean([abs(model[k] - gold[k]) for k in keys]))

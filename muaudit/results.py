@@ -1,0 +1,180 @@
+"""Frozen result objects: the scorecard, its JSON schema, and its table renderings.
+
+JSON schema (``schema_version`` "1.0"): ``{"schema_version", "method", "task", "readouts": [Readout...],
+"attacks": [AttackReport...], "entropy_histograms", "provenance", "timings"}``. Everything except ``timings``
+(wall-clock seconds and the creation time) is a deterministic function of the inputs and seeds.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class Readout:
+    """One readout of the unlearned model beside the original and gold models.
+
+    ``kind`` is ``"model"`` for a property of one model (e.g. forget error): ``gap`` = unlearned - gold and
+    ``gold_spread`` holds ``|gold_j - gold_0|`` for the extra gold seeds. It is ``"distance"`` for a comparison
+    with the gold model (e.g. activation distance): ``gold`` is ``None`` and ``gold_spread`` holds the same distance
+    from gold_j to gold_0 (the noise floor).
+    """
+
+    name: str
+    kind: str
+    unit: str
+    higher_is_better: bool | None
+    description: str
+    unlearned: float | None
+    original: float | None
+    gold: float | None = None
+    gap: float | None = None
+    gold_spread: tuple[float, ...] = ()
+
+    @property
+    def spread_max(self) -> float | None:
+        return max(self.gold_spread) if self.gold_spread else None
+
+    @property
+    def deviation(self) -> float | None:
+        """What is compared with the gold spread: ``|gap|`` for model readouts, the value for distances."""
+        if self.kind == "model":
+            return None if self.gap is None else abs(self.gap)
+        return self.unlearned
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """An attack's settings and metrics on the unlearned, original and gold models."""
+
+    name: str
+    distribution: str
+    version: str
+    settings: dict[str, Any]
+    unlearned: dict[str, Any]
+    original: dict[str, Any]
+    gold: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """The result of auditing one method on one task."""
+
+    method: dict[str, Any]
+    task: dict[str, Any]
+    readouts: tuple[Readout, ...]
+    attacks: tuple[AttackReport, ...]
+    entropy_histograms: dict[str, Any]
+    provenance: dict[str, Any]
+    timings: dict[str, Any]
+    schema_version: str = SCHEMA_VERSION
+
+    def readout(self, name: str) -> Readout:
+        for item in self.readouts:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    # ------------------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["readouts"] = [asdict(r) | {"gold_spread": list(r.gold_spread)} for r in self.readouts]
+        return _clean(out)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Scorecard":
+        if raw.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported scorecard schema {raw.get('schema_version')!r}")
+        readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"])}) for r in raw["readouts"])
+        attacks = tuple(AttackReport(**a) for a in raw["attacks"])
+        return cls(raw["method"], raw["task"], readouts, attacks, raw["entropy_histograms"],
+                   raw["provenance"], raw["timings"], raw["schema_version"])
+
+    def to_pandas(self) -> Any:
+        """One row per readout (pandas is imported only here)."""
+        import pandas as pd
+
+        rows = [{"method": self.method["name"], "readout": r.name, "unit": r.unit, "unlearned": r.unlearned,
+                 "original": r.original, "gold": r.gold, "gap": r.gap, "gold_spread_max": r.spread_max,
+                 "higher_is_better": r.higher_is_better} for r in self.readouts]
+        return pd.DataFrame(rows)
+
+    # ---------------------------------------------------------------------------------- rendering
+    def to_text(self) -> str:
+        """The scorecard as an aligned plain-text table."""
+        header = ["readout", "unlearned", "original", "gold", "gap", "gold-vs-gold (max)"]
+        rows = [header] + [_row(r) for r in self.readouts]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = [self._title(), ""]
+        for i, row in enumerate(rows):
+            lines.append("  ".join(cell.ljust(widths[0]) if j == 0 else cell.rjust(widths[j])
+                                   for j, cell in enumerate(row)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines += ["", self._timing_line()] + [f"note: {n}" for a in self.attacks for n in a.unlearned["notes"]]
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        header = ["readout", "unlearned", "original", "gold", "gap", "gold-vs-gold (max)"]
+        lines = [f"# {self._title()}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_row(r)) + " |" for r in self.readouts]
+        lines += ["", self._timing_line(), "", "Readout definitions:", ""]
+        lines += [f"- `{r.name}` ({r.unit}): {r.description}" for r in self.readouts]
+        lines += ["", f"Provenance: `{json.dumps(self.provenance, sort_keys=True)}`"]
+        return "\n".join(lines) + "\n"
+
+    def _title(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(self.method["params"].items()))
+        return (f"muaudit scorecard: method {self.method['name']}({params}) on task {self.task['name']} "
+                f"[{self.task['hash'][:12]}], {self.provenance['gold_models']} gold model(s)")
+
+    def _timing_line(self) -> str:
+        t = self.timings
+        return (f"time: method {t['method_seconds']:.3f} s, gold retrain {t['gold_seconds']:.3f} s "
+                f"(speed-up {t['speedup_vs_gold']:.1f}x)")
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+def _row(r: Readout) -> list[str]:
+    return [r.name, _fmt(r.unlearned), _fmt(r.original), _fmt(r.gold), _fmt(r.gap), _fmt(r.spread_max)]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: tuples to lists, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def comparison_table(cards: Sequence[Scorecard]) -> str:
+    """A Markdown table with one row per readout and one column per method (plus gold and spread)."""
+    names = [c.method["name"] for c in cards]
+    header = ["readout", *names, "gold", "gold-vs-gold (max)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, first in enumerate(cards[0].readouts):
+        values = [_fmt(c.readouts[i].unlearned) for c in cards]
+        lines.append("| " + " | ".join([first.name, *values, _fmt(first.gold), _fmt(first.spread_max)]) + " |")
+    times = [f"{c.timings['method_seconds']:.3f}" for c in cards]
+    ratios = [f"{c.timings['method_seconds'] / c.timings['gold_seconds']:.4f}" for c in cards]
+    lines.append("| method_seconds | " + " | ".join(times) + f" | {cards[0].timings['gold_seconds']:.3f} | - |")
+    lines.append("| time ÷ gold retrain | " + " | ".join(ratios) + " | 1 | - |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,364 @@
+"""Tasks: dataset + forget specification + architecture + training recipe + seed, as plain values.
+
+A :class:`Task` is a frozen dataclass that round-trips through JSON and TOML. Before use it is *materialised*
+against its data (:meth:`Task.materialise`): the forget indices are drawn once and stored in the task, together
+with a fingerprint of the data, and both enter the content hash (:meth:`Task.content_hash`). The dataset root
+and the task's display name do not enter the hash: the same task on another machine hashes the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from muaudit.data import DATASETS, DataBundle, Split, load_dataset
+from muaudit.errors import TaskError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+FORGET_KINDS = ("full-class", "sub-class", "random", "class-subset", "indices")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+AUGMENTATIONS = ("none", "crop-flip")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which data set, where it lives (not hashed) and the validation fraction carved from its test split."""
+
+    name: str = "digits"
+    root: str | None = None
+    val_fraction: float = 0.2
+
+    def load(self) -> DataBundle:
+        return load_dataset(self.name, self.root, self.val_fraction)
+
+
+@dataclass(frozen=True)
+class ForgetSpec:
+    """What to forget.
+
+    Kinds: ``full-class`` (every training example of ``cls``); ``sub-class`` (every example of fine class
+    ``cls`` of CIFAR-100 inside its CIFAR-20 superclass; dataset ``cifar20``); ``random`` (``fraction`` or
+    ``count`` of the training set, uniformly); ``class-subset`` (``count`` random examples of ``cls``);
+    ``indices`` (an explicit list in ``path``: ``.npy``, ``.json`` list, or text with one index per line).
+    """
+
+    kind: str = "random"
+    cls: int | None = None
+    fraction: float | None = None
+    count: int | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture name from the model zoo and its keyword options (e.g. ``width``)."""
+
+    arch: str = "mlp"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained from scratch; the gold model uses exactly this recipe on D_r."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: str = "none"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TaskError("recipe epochs and batch_size must be positive")
+        if not self.lr > 0:
+            raise TaskError(f"recipe lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise TaskError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        if self.schedule not in SCHEDULES:
+            raise TaskError(f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
+        if self.augment not in AUGMENTATIONS:
+            raise TaskError(f"unknown augmentation {self.augment!r} (known: {', '.join(AUGMENTATIONS)})")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A complete, hashable description of one unlearning audit set-up."""
+
+    name: str = "digits"
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    forget: ForgetSpec = field(default_factory=ForgetSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    recipe: Recipe = field(default_factory=Recipe)
+    seed: int = 0
+    forget_indices: tuple[int, ...] | None = None
+    data_fingerprint: str | None = None
+
+    # ------------------------------------------------------------------------------ materialisation
+    @property
+    def is_materialised(self) -> bool:
+        return self.forget_indices is not None and self.data_fingerprint is not None
+
+    def materialise(self, data: DataBundle) -> "Task":
+        """Return this task with forget indices drawn (once) and the data fingerprint recorded.
+
+        An already materialised task is checked against ``data`` instead: a changed data set is an error.
+        """
+        fingerprint = data.fingerprint()
+        if self.is_materialised:
+            if self.data_fingerprint != fingerprint:
+                raise TaskError(
+                    f"task {self.name!r} was materialised on different data (fingerprint "
+                    f"{str(self.data_fingerprint)[:12]} != {fingerprint[:12]}); the dataset changed"
+                )
+            validate_forget_indices(self.forget_indices or (), len(data.train))
+            return self
+        self.recipe.validate()
+        indices = draw_forget_indices(self.forget, data.train, self.seed, self.dataset.name)
+        return replace(self, forget_indices=indices, data_fingerprint=fingerprint)
+
+    def content_hash(self) -> str:
+        """SHA-256 of everything that determines the experiment (not the name, not the data root)."""
+        if not self.is_materialised:
+            raise TaskError("a task must be materialised before it is hashed")
+        payload = self.to_dict()
+        payload.pop("name")
+        payload["dataset"].pop("root")
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    # -------------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["model"]["options"] = dict(self.model.options)
+        out["forget_indices"] = None if self.forget_indices is None else list(self.forget_indices)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Task":
+        try:
+            return _task_from_mapping(raw)
+        except TypeError as exc:  # unknown or missing keys in a section
+            raise TaskError(f"invalid task specification: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Task":
+        """Read a task from a ``.toml`` or ``.json`` file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise TaskError(f"task file not found: {path}") from None
+        except OSError as exc:
+            raise TaskError(f"cannot read task file {path}: {exc}") from None
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise TaskError(f"cannot parse task file {path}: {exc}") from None
+        task = cls.from_dict(raw)
+        if task.forget.kind == "indices" and task.forget.path and not Path(task.forget.path).is_absolute():
+            forget = replace(task.forget, path=str(path.parent / task.forget.path))
+            task = replace(task, forget=forget)
+        return task
+
+    def to_toml(self) -> str:
+        """A TOML rendering of this task (materialised indices included when present)."""
+        lines = [f"name = {json.dumps(self.name)}", f"seed = {self.seed}"]
+        if self.data_fingerprint is not None:
+            lines.append(f"data_fingerprint = {json.dumps(self.data_fingerprint)}")
+        if self.forget_indices is not None:
+            lines.append(f"forget_indices = {json.dumps(list(self.forget_indices))}")
+        sections = {
+            "dataset": asdict(self.dataset),
+            "forget": asdict(self.forget),
+            "model": {"arch": self.model.arch},
+            "model.options": dict(self.model.options),
+            "recipe": asdict(self.recipe),
+        }
+        for title, values in sections.items():
+            lines.append(f"\n[{title}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None)
+        return "\n".join(lines) + "\n"
+
+
+def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
+    allowed = {"name", "dataset", "forget", "model", "recipe", "seed", "forget_indices", "data_fingerprint"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise TaskError(f"invalid task specification: unknown key {unknown[0]!r}")
+    model_raw = dict(raw.get("model", {}))
+    model = ModelSpec(arch=model_raw.pop("arch", "mlp"), options=dict(model_raw.pop("options", {})))
+    if model_raw:
+        raise TaskError(f"invalid task specification: unknown model key {sorted(model_raw)[0]!r}")
+    indices = raw.get("forget_indices")
+    task = Task(
+        name=str(raw.get("name", "custom")),
+        dataset=DatasetSpec(**raw.get("dataset", {})),
+        forget=ForgetSpec(**raw.get("forget", {})),
+        model=model,
+        recipe=Recipe(**raw.get("recipe", {})),
+        seed=int(raw.get("seed", 0)),
+        forget_indices=None if indices is None else tuple(int(i) for i in indices),
+        data_fingerprint=raw.get("data_fingerprint"),
+    )
+    if task.dataset.name not in DATASETS:
+        raise TaskError(f"unknown dataset {task.dataset.name!r} (known: {', '.join(DATASETS)})")
+    if task.forget.kind not in FORGET_KINDS:
+        raise TaskError(f"unknown forget kind {task.forget.kind!r} (known: {', '.join(FORGET_KINDS)})")
+    task.recipe.validate()
+    return task
+
+
+# ------------------------------------------------------------------------------------ forget sets
+def draw_forget_indices(spec: ForgetSpec, train: Split, seed: int, dataset: str) -> tuple[int, ...]:
+    """Materialise ``spec`` on the training split; random draws use ``numpy.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    labels = train.y.numpy()
+    n = len(labels)
+    if spec.kind == "full-class":
+        indices = np.flatnonzero(labels == _class_of(spec, labels))
+    elif spec.kind == "class-subset":
+        members = np.flatnonzero(labels == _class_of(spec, labels))
+        count = _count_of(spec, len(members), "class-subset")
+        indices = rng.choice(members, size=count, replace=False)
+    elif spec.kind == "random":
+        indices = rng.choice(n, size=_random_size(spec, n), replace=False)
+    elif spec.kind == "sub-class":
+        indices = _subclass_indices(spec, train, dataset)
+    else:
+        indices = _read_index_file(spec.path)
+    result = tuple(sorted(int(i) for i in indices))
+    validate_forget_indices(result, n)
+    return result
+
+
+def validate_forget_indices(indices: tuple[int, ...] | list[int], n_train: int) -> None:
+    """Reject empty, out-of-range, duplicated or all-of-the-data forget sets."""
+    if len(indices) == 0:
+        raise TaskError("the forget set is empty")
+    array = np.asarray(indices)
+    if array.min() < 0 or array.max() >= n_train:
+        bad = int(array[(array < 0) | (array >= n_train)][0])
+        raise TaskError(f"forget index {bad} is out of range for a training set of {n_train} examples")
+    if len(np.unique(array)) != len(array):
+        raise TaskError("the forget set contains duplicate indices")
+    if len(array) >= n_train:
+        raise TaskError("the forget set covers the whole training set: nothing would be retained")
+
+
+def _class_of(spec: ForgetSpec, labels: np.ndarray) -> int:
+    if spec.cls is None:
+        raise TaskError(f"forget kind {spec.kind!r} needs a class (cls)")
+    if not (labels == spec.cls).any():
+        raise TaskError(f"forget class {spec.cls} has no training examples")
+    return int(spec.cls)
+
+
+def _count_of(spec: ForgetSpec, available: int, kind: str) -> int:
+    if spec.count is None or spec.count < 1:
+        raise TaskError(f"forget kind {kind!r} needs a positive count")
+    if spec.count > available:
+        raise TaskError(f"forget count {spec.count} exceeds the {available} available examples")
+    return int(spec.count)
+
+
+def _random_size(spec: ForgetSpec, n: int) -> int:
+    if (spec.fraction is None) == (spec.count is None):
+        raise TaskError("forget kind 'random' needs exactly one of fraction or count")
+    if spec.fraction is not None:
+        if not 0.0 < spec.fraction < 1.0:
+            raise TaskError(f"forget fraction must be in (0, 1), got {spec.fraction}")
+        return max(1, int(round(spec.fraction * n)))
+    return _count_of(spec, n - 1, "random")
+
+
+def _subclass_indices(spec: ForgetSpec, train: Split, dataset: str) -> np.ndarray:
+    if dataset != "cifar20" or train.fine is None:
+        raise TaskError("forget kind 'sub-class' needs the cifar20 dataset (fine classes inside superclasses)")
+    if spec.cls is None:
+        raise TaskError("forget kind 'sub-class' needs a fine class (cls)")
+    indices = np.flatnonzero(train.fine.numpy() == spec.cls)
+    if len(indices) == 0:
+        raise TaskError(f"fine class {spec.cls} has no training examples")
+    return indices
+
+
+def _read_index_file(path: str | None) -> np.ndarray:
+    if not path:
+        raise TaskError("forget kind 'indices' needs a path")
+    file = Path(path)
+    if not file.is_file():
+        raise TaskError(f"forget index file not found: {file}")
+    try:
+        if file.suffix == ".npy":
+            values = np.load(file, allow_pickle=False)
+        elif file.suffix == ".json":
+            values = np.asarray(json.loads(file.read_text()))
+        else:
+            values = np.asarray([int(tok) for tok in file.read_text().split()])
+    except (ValueError, OSError) as exc:
+        raise TaskError(f"cannot read forget index file {file}: {exc}") from None
+    if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
+        raise TaskError(f"forget index file {file} must hold a flat list of integers")
+    return values.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------ named tasks
+def _digits(forget: ForgetSpec, name: str) -> Task:
+    return Task(name=name, dataset=DatasetSpec("digits"), forget=forget, model=ModelSpec("mlp"),
+                recipe=Recipe(epochs=30, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4))
+
+
+def _fashion(forget: ForgetSpec, name: str) -> Task:
+    return Task(name=name, dataset=DatasetSpec("fashion-mnist"), forget=forget, model=ModelSpec("cnn"),
+                recipe=Recipe(epochs=5, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4))
+
+
+def _cifar(dataset: str, forget: ForgetSpec, name: str) -> Task:
+    return Task(name=name, dataset=DatasetSpec(dataset), forget=forget, model=ModelSpec("resnet18"),
+                recipe=Recipe(epochs=30, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                              augment="crop-flip"))
+
+
+NAMED_TASKS: dict[str, Task] = {
+    "digits": _digits(ForgetSpec("random", fraction=0.1), "digits"),
+    "digits-class": _digits(ForgetSpec("full-class", cls=3), "digits-class"),
+    "fashion-mnist-random": _fashion(ForgetSpec("random", count=1000), "fashion-mnist-random"),
+    "fashion-mnist-class": _fashion(ForgetSpec("full-class", cls=0), "fashion-mnist-class"),
+    "cifar10-random": _cifar("cifar10", ForgetSpec("random", fraction=0.1), "cifar10-random"),
+    "cifar10-class": _cifar("cifar10", ForgetSpec("full-class", cls=0), "cifar10-class"),
+    "cifar100-class": _cifar("cifar100", ForgetSpec("full-class", cls=0), "cifar100-class"),
+    "cifar20-subclass": _cifar("cifar20", ForgetSpec("sub-class", cls=0), "cifar20-subclass"),
+}
+
+
+def resolve_task(spec: str, data_root: str | None = None) -> Task:
+    """A named task or a path to a ``.toml``/``.json`` task file; ``data_root`` overrides the dataset root."""
+    if spec in NAMED_TASKS:
+        task = NAMED_TASKS[spec]
+    elif spec.endswith((".toml", ".json")) or Path(spec).exists():
+        task = Task.from_file(spec)
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(spec, list(NAMED_TASKS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TaskError(f"unknown task {spec!r}{hint}; named tasks: {', '.join(NAMED_TASKS)}")
+    if data_root is not None:
+        task = replace(task, dataset=replace(task.dataset, root=data_root))
+    return task

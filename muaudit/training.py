@@ -1,0 +1,140 @@
+"""Training: one implementation of the recipe loop, shared by original models, gold retrains and methods.
+
+Determinism: the data order comes from a ``torch.Generator`` seeded from the run's seed and the model is built
+under ``torch.manual_seed``; on the CPU the same seeds give bit-identical weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from muaudit.data import DataBundle, Split
+from muaudit.task import Recipe, Task
+from muaudit.zoo import ZooModel, build_model
+
+
+def derive_seed(base: int, *labels: object) -> int:
+    """A reproducible 31-bit seed derived from ``base`` and labels (e.g. ``derive_seed(0, "gold", 2)``)."""
+    text = ":".join(str(v) for v in (base, *labels))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (data order and random draws stay device-independent)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def fresh_model(task: Task, data: DataBundle, seed: int) -> ZooModel:
+    """The task's architecture with every layer freshly initialised under ``seed``."""
+    return build_model(task.model.arch, data.input_shape, data.n_classes, data.mean, data.std,
+                       task.model.options, seed=seed)
+
+
+def make_optimizer(params: Iterator[nn.Parameter] | list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: Recipe, epoch: int) -> float:
+    """Multiplier of the base learning rate at ``epoch`` (0-based) under the recipe's schedule."""
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))
+    if recipe.schedule == "step":  # x0.1 at 50% and 75% of training
+        return 0.1 ** sum(epoch >= m for m in (recipe.epochs // 2, (3 * recipe.epochs) // 4))
+    return 1.0
+
+
+def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """``crop-flip``: random crop with 4-pixel zero padding and horizontal flip (CIFAR standard)."""
+    if kind == "none" or x.dim() != 4:
+        return x
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    return torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
+
+
+def fit(
+    model: nn.Module,
+    split: Split,
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+    progress: str | None = None,
+) -> nn.Module:
+    """Train ``model`` in place on ``split`` with ``recipe`` (cross-entropy); returns the model."""
+    model.to(device).train()
+    optimizer = make_optimizer(list(model.parameters()), recipe)
+    gen = generator(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    n_batches = math.ceil(len(split) / recipe.batch_size)
+    with progress_bar(recipe.epochs * n_batches, progress) as bar:
+        for epoch in range(recipe.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * lr_factor(recipe, epoch)
+            for x, y in split.batches(recipe.batch_size, shuffle=True, generator=gen):
+                x = augment_batch(x.to(device), recipe.augment, gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(x), y.to(device)).backward()
+                optimizer.step()
+                bar.update(1)
+    return model.eval()
+
+
+def train_from_scratch(
+    task: Task, data: DataBundle, split: Split, seed: int, device: torch.device, progress: str | None = None
+) -> nn.Module:
+    """Build the task's architecture fresh under ``seed`` and train it with the task's recipe on ``split``."""
+    model = fresh_model(task, data, derive_seed(seed, "init"))
+    return fit(model, split, task.recipe, derive_seed(seed, "order"), device, progress)
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+@contextmanager
+def progress_bar(total: int, description: str | None) -> Iterator[object]:
+    """A tqdm bar on stderr when ``description`` is given and stderr is a terminal; otherwise silent."""
+    if description is None or not sys.stderr.isatty():
+        yield _NullBar()
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, unit="batch", leave=False, file=sys.stderr) as bar:
+        yield bar
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on every example of ``split``, on the CPU, in float32."""
+    was_training = model.training
+    model.eval()
+    out = [model(x.to(device)).float().cpu() for x, _ in split.batches(batch_size)]
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
