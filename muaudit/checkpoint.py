@@ -114,8 +114,8 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load (weights_only=True rejected it: {first})") from None
+        raise CheckpointError(f"{path}: refused to load: {_unpickling_reason(str(exc))}; muaudit loads only "
+                              "tensors and plain containers (weights_only=True) and never unpickles objects") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
@@ -124,6 +124,15 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     if isinstance(raw, dict):
         return _tensors_only(raw, path), None
     raise CheckpointError(f"{path}: expected a state dict, found {type(raw).__name__}")
+
+
+def _unpickling_reason(message: str) -> str:
+    """The informative line of torch's weights-only refusal (its advice to disable the check is dropped)."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("Trying to load unsupported", "Unsupported")):
+            return line.rstrip(".")
+    return "not a plain state dict (or not a PyTorch checkpoint at all)"
 
 
 def _tensors_only(raw: Mapping[Any, Any], path: Path) -> dict[str, torch.Tensor]:
