@@ -38,16 +38,29 @@ def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float
     if len(nonmembers) < math.ceil(1.0 / fpr):
         return None
     labels, scores = _stack(members, nonmembers)
-    fprs, tprs, _ = roc_curve(labels, scores)
+    # Keep every threshold: the default drop_intermediate=True removes collinear ROC points (runs of tied scores
+    # in equal proportions), which can be exactly the highest-TPR point at or below ``fpr``.
+    fprs, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(tprs[fprs <= fpr].max())
 
 
 def best_balanced_threshold(members: np.ndarray, nonmembers: np.ndarray) -> float:
-    """The ROC threshold that maximises balanced accuracy (TPR + TNR) / 2."""
+    """The ROC threshold that maximises balanced accuracy (TPR + TNR) / 2 (the highest one among ties).
+
+    When no finite threshold beats predicting "non-member" for everything (e.g. every member scores below every
+    non-member), the result is the smallest float above the largest score: finite, and nothing is called member.
+    """
     labels, scores = _stack(members, nonmembers)
     fprs, tprs, thresholds = roc_curve(labels, scores)
-    best = int(np.argmax(tprs - fprs))
-    return float(min(thresholds[best], np.max(scores)))
+    # Youden's J = TPR - FPR in exact integer counts (J * P * N), so that equally good thresholds tie exactly and
+    # the highest one wins, instead of whichever float rounding happens to favour.
+    n_pos, n_neg = len(members), len(nonmembers)
+    youden = np.rint(tprs * n_pos).astype(np.int64) * n_neg - np.rint(fprs * n_neg).astype(np.int64) * n_pos
+    best = int(np.argmax(youden))
+    top = float(np.max(scores))
+    if not thresholds[best] <= top:  # sklearn's leading +inf (or max + 1 in old releases): the (0, 0) ROC point
+        return float(np.nextafter(top, np.inf))
+    return float(thresholds[best])
 
 
 def attack_metrics(members: np.ndarray, nonmembers: np.ndarray, threshold: float | None) -> AttackMetrics:

@@ -11,7 +11,6 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 from scipy import special, stats
-from scipy.spatial import distance
 from torch import nn
 
 
@@ -52,17 +51,40 @@ def activation_distance(logits_a: torch.Tensor | np.ndarray, logits_b: torch.Ten
     return float(np.mean(np.linalg.norm(softmax(logits_a) - softmax(logits_b), axis=1)))
 
 
+def _log_softmax(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (finite even where the softmax underflows to 0)."""
+    return special.log_softmax(_np(logits), axis=1)
+
+
+def _kl_rows(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """Per-row ``sum_c p_c (log p_c - log q_c)`` from log-probabilities, with ``0 log 0 = 0``."""
+    p = np.exp(log_p)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, p * (log_p - log_q), 0.0)
+    return terms.sum(axis=1)
+
+
 def js_divergence(logits_a: torch.Tensor | np.ndarray, logits_b: torch.Tensor | np.ndarray) -> float:
     """Mean per-example Jensen-Shannon divergence ``0.5 KL(p||m) + 0.5 KL(q||m)``, ``m = (p+q)/2`` (nats).
 
-    SciPy's ``jensenshannon`` returns the JS *distance* (the square root), hence the square.
+    Computed from log-probabilities; each per-example value is clipped to its mathematical range
+    ``[0, ln 2]``. (SciPy's ``jensenshannon`` returns the square root of a sum that rounding can make
+    slightly negative for near-identical rows, which gives NaN.)
     """
-    return float(np.mean(distance.jensenshannon(softmax(logits_a), softmax(logits_b), axis=1) ** 2))
+    log_p, log_q = _log_softmax(logits_a), _log_softmax(logits_b)
+    log_m = np.logaddexp(log_p, log_q) - np.log(2.0)
+    per_example = 0.5 * _kl_rows(log_p, log_m) + 0.5 * _kl_rows(log_q, log_m)
+    return float(np.mean(np.clip(per_example, 0.0, np.log(2.0))))
 
 
 def kl_divergence(logits_ref: torch.Tensor | np.ndarray, logits_model: torch.Tensor | np.ndarray) -> float:
-    """Mean per-example ``KL(p_ref || p_model)`` in nats (the reference is the gold model)."""
-    return float(np.mean(stats.entropy(softmax(logits_ref), softmax(logits_model), axis=1)))
+    """Mean per-example ``KL(p_ref || p_model)`` in nats (the reference is the gold model).
+
+    Computed from log-probabilities, so it stays finite when a softmax probability underflows to 0 (logit gaps
+    beyond ~745, e.g. after gradient ascent); per-example values are clipped at 0 (rounding only).
+    """
+    per_example = _kl_rows(_log_softmax(logits_ref), _log_softmax(logits_model))
+    return float(np.mean(np.maximum(per_example, 0.0)))
 
 
 def entropies(logits: torch.Tensor | np.ndarray) -> np.ndarray:

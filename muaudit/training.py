@@ -61,19 +61,20 @@ def lr_factor(recipe: Recipe, epoch: int) -> float:
 
 
 def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """``crop-flip``: random crop with 4-pixel zero padding and horizontal flip (CIFAR standard)."""
+    """``crop-flip``: random crop with 4-pixel zero padding and horizontal flip (the CIFAR standard)."""
     if kind == "none" or x.dim() != 4:
         return x
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     padded = nn.functional.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=gen)
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
-    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)
-    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)
-    out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-                 rows[:, None, :, None], cols[:, None, None, :]]
-    return torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
+    dy = torch.randint(0, 9, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 9, (n,), generator=gen).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def fit(
