@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from muaudit.testing import tiny_setup
 
 pytest_plugins = ["pytester"]
+
+# The test models are tiny: intra-op threading only adds overhead, and on a loaded 2-core machine it
+# oversubscribes the CPU badly (measured: ~40x slower MLP steps). One thread also keeps timings stable.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
