@@ -1,8 +1,9 @@
 """A content-addressed cache for trained models and tensor statistics (safetensors + JSON, never pickle).
 
 The key of an entry is the SHA-256 of a canonical JSON *configuration* (task hash, role, seed, schema). Each
-entry is ``<key>.safetensors`` holding the tensors and the configuration in its header; on load the stored
-configuration must equal the requested one, so a corrupt or mismatched entry is rebuilt, never used.
+entry is ``<key>.safetensors`` holding the tensors, the configuration and a SHA-256 of the tensors in its header;
+on load the stored configuration must equal the requested one and the tensors must match their digest, so a
+corrupt or mismatched entry is rebuilt, never used.
 
 Location: ``--cache-dir``, else ``$MUAUDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/muaudit``, else
 ``~/.cache/muaudit``.
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from muaudit.checkpoint import state_dict_sha256
 
 CACHE_SCHEMA = 1
 
@@ -56,12 +59,15 @@ class TensorCache:
             with safe_open(str(path), framework="pt") as handle:
                 header = json.loads((handle.metadata() or {}).get("muaudit_cache", "{}"))
             tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError):
+        except (SafetensorError, OSError, ValueError, RuntimeError):
             return None
         expected = json.loads(json.dumps({"cache_schema": CACHE_SCHEMA, **config}, sort_keys=True))
-        if header.get("config") != expected:
+        if not isinstance(header, dict) or header.get("config") != expected:
             return None
-        return tensors, header.get("extra", {})
+        if header.get("sha256") != state_dict_sha256(tensors):  # damaged tensor data
+            return None
+        extra = header.get("extra", {})
+        return (tensors, extra) if isinstance(extra, dict) else None
 
     def put(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
             extra: Mapping[str, Any] | None = None) -> Path:
@@ -70,8 +76,9 @@ class TensorCache:
 
         path = self.path(config)
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"config": {"cache_schema": CACHE_SCHEMA, **config}, "extra": dict(extra or {})}
         contiguous = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        header = {"config": {"cache_schema": CACHE_SCHEMA, **config}, "extra": dict(extra or {}),
+                  "sha256": state_dict_sha256(contiguous)}
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:

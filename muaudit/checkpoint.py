@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             metadata = json.loads(meta_text)
         except ValueError:
             raise CheckpointError(f"{path}: metadata is not valid JSON") from None
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path}: metadata must be a JSON object, found {type(metadata).__name__}")
     _check_finite(state, path)
     return Checkpoint(state, metadata, sha, str(path))
 
@@ -116,8 +119,10 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to load: {_unpickling_reason(str(exc))}; muaudit loads only "
                               "tensors and plain containers (weights_only=True) and never unpickles objects") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            OverflowError, MemoryError) as exc:  # what torch.load raises on corrupt or truncated files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         meta = raw.get(META_KEY)
         return _tensors_only(raw["state_dict"], path), meta if isinstance(meta, str) else None
@@ -128,10 +133,10 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
 
 def _unpickling_reason(message: str) -> str:
     """The informative line of torch's weights-only refusal (its advice to disable the check is dropped)."""
-    for line in message.splitlines():
-        line = line.strip()
-        if line.startswith(("Trying to load unsupported", "Unsupported")):
-            return line.rstrip(".")
+    found = re.search(r"Trying to load unsupported GLOBAL \S+|Unsupported global: GLOBAL \S+|Unsupported \w+ \S+",
+                      message)
+    if found:
+        return found.group(0).rstrip(".")
     return "not a plain state dict (or not a PyTorch checkpoint at all)"
 
 

@@ -10,7 +10,8 @@ Decisions:
   depend on the task seed, so that it is a property of the data set (PGU uses a stratified half of the test set).
   The remaining test examples form the test split; validation and test are disjoint.
 - CIFAR files are python pickles; they are read with a restricted unpickler that accepts only dictionaries,
-  lists, strings, bytes, numbers and NumPy arrays, so a malicious file cannot execute code.
+  lists, strings, bytes, numbers and NumPy numeric arrays (rebuilt by muaudit itself from checked shape, dtype
+  and raw bytes, not by NumPy's unpickling code), so a malicious or corrupt file cannot execute code or crash.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import hashlib
 import io
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from muaudit.errors import DataError
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 VALIDATION_SEED = 20240101
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "cifar20", "npz")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,14 @@ class DataBundle:
         return tuple(int(s) for s in self.train.x.shape[1:])
 
     def fingerprint(self) -> str:
-        """SHA-256 of the training and test data, so a task can detect that its data changed."""
+        """SHA-256 of the training, validation and test data (inputs, labels and any fine labels), so a task
+        can detect that its data changed."""
         digest = hashlib.sha256()
         for split in (self.train, self.val, self.test):
             digest.update(split.x.numpy().tobytes())
             digest.update(split.y.numpy().tobytes())
+            if split.fine is not None:  # sub-class forget sets are drawn from the fine labels
+                digest.update(split.fine.numpy().tobytes())
         return digest.hexdigest()
 
 
@@ -93,11 +99,23 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.2) 
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    return _load_cached(name, None if root is None else str(root), float(val_fraction))
+    if name == "fashion-mnist" and root is None:  # resolved here so that the cache sees the real location
+        root = os.environ.get("MUAUDIT_FASHION_MNIST_ROOT", FASHION_MNIST_ROOT)
+    root = None if root is None else str(root)
+    return _load_cached(name, root, float(val_fraction), _file_stamp(root))
+
+
+def _file_stamp(root: str | None) -> tuple[int, int] | None:
+    """Modification time and size of a single-file data set, so a file rewritten in place is reloaded."""
+    try:
+        stat = os.stat(root) if root is not None and os.path.isfile(root) else None
+    except OSError:
+        return None
+    return None if stat is None else (stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(name: str, root: str | None, val_fraction: float) -> DataBundle:
+def _load_cached(name: str, root: str | None, val_fraction: float, stamp: tuple[int, int] | None) -> DataBundle:
     train, test, n_classes = _RAW_LOADERS[name](root)
     val, test = _carve_validation(test, val_fraction)
     mean, std = _channel_stats(train.x)
@@ -107,14 +125,26 @@ def _load_cached(name: str, root: str | None, val_fraction: float) -> DataBundle
 def _carve_validation(test: Split, fraction: float) -> tuple[Split, Split]:
     if fraction == 0.0:
         return test.subset([]), test
+    labels = test.y.numpy()
+    counts = np.bincount(labels)[np.bincount(labels) > 0]  # classes absent from the test split do not count
+    # stratified when every class can be split; otherwise (too few examples per class) a plain random split
+    attempts = [labels, None] if counts.size and counts.min() >= 2 else [None]
+    for stratify in attempts:
+        try:
+            val_idx, test_idx = _split_indices(len(test), fraction, stratify)
+        except ValueError:
+            continue
+        return test.subset(np.sort(val_idx)), test.subset(np.sort(test_idx))
+    raise DataError(f"val_fraction {fraction} cannot split a test set of {len(test)} examples "
+                    "into non-empty validation and test parts")
+
+
+def _split_indices(n: int, fraction: float, stratify: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    labels = test.y.numpy()
-    stratify = labels if np.bincount(labels).min() >= 2 else None
-    val_idx, test_idx = train_test_split(
-        np.arange(len(test)), train_size=fraction, stratify=stratify, random_state=VALIDATION_SEED
-    )
-    return test.subset(np.sort(val_idx)), test.subset(np.sort(test_idx))
+    val_idx, test_idx = train_test_split(np.arange(n), train_size=fraction, stratify=stratify,
+                                         random_state=VALIDATION_SEED)
+    return val_idx, test_idx
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -156,7 +186,7 @@ def read_idx(path: Path) -> np.ndarray:
             raw = handle.read()
     except FileNotFoundError:
         raise DataError(f"data file not found: {path}") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
@@ -176,12 +206,19 @@ def _load_fashion_mnist(root: str | None) -> tuple[Split, Split, int]:
         )
     parts = {}
     for prefix in ("train", "t10k"):
-        images = read_idx(_find(base, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_find(base, f"{prefix}-labels-idx1-ubyte"))
+        images = _read_idx_ndim(_find(base, f"{prefix}-images-idx3-ubyte"), 3)
+        labels = _read_idx_ndim(_find(base, f"{prefix}-labels-idx1-ubyte"), 1)
         if images.shape[0] != labels.shape[0]:
             raise DataError(f"{base}: {prefix} images and labels differ in count")
         parts[prefix] = _split(images[:, None].astype(np.float32) / 255.0, labels.astype(np.int64))
     return parts["train"], parts["t10k"], 10
+
+
+def _read_idx_ndim(path: Path, ndim: int) -> np.ndarray:
+    array = read_idx(path)
+    if array.ndim != ndim:
+        raise DataError(f"{path}: expected a {ndim}-dimensional IDX array, found shape {array.shape}")
+    return array
 
 
 def _find(base: Path, stem: str) -> Path:
@@ -192,21 +229,133 @@ def _find(base: Path, stem: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds NumPy arrays and plain containers (CIFAR's python layout)."""
+_PLAIN_DTYPES = frozenset({"b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"})
+_NDARRAY = object()  # what ``numpy.ndarray`` resolves to inside a CIFAR pickle
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("copyreg", "_reconstructor"),
+
+def _text(value: object) -> object:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class _PickledDtype:
+    """Stand-in for ``numpy.dtype`` while unpickling: plain numeric types only, never NumPy's own setstate."""
+
+    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        spec = _text(spec)
+        if not isinstance(spec, str) or spec.lstrip("<>|=") not in _PLAIN_DTYPES:
+            raise pickle.UnpicklingError(f"refusing to load NumPy dtype {spec!r}")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state: object) -> None:
+        order = _text(state[1]) if isinstance(state, tuple) and len(state) > 1 else None
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError("malformed NumPy dtype in pickle")
+        if order in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _PickledArray:
+    """Stand-in for ``numpy.ndarray`` while unpickling; its checked state becomes a real array afterwards."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) == 5:  # (version, shape, dtype, fortran, data)
+            state = state[1:]
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise pickle.UnpicklingError("malformed NumPy array in pickle")
+        shape, dtype, fortran, data = state
+        self.array = _checked_array(data, dtype, shape, "F" if fortran else "C")
+
+
+def _checked_array(data: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    """``np.frombuffer`` of ``data`` after checking dtype, shape and length (what NumPy's setstate skips)."""
+    if not isinstance(dtype, _PickledDtype):
+        raise pickle.UnpicklingError("NumPy array in pickle without a plain dtype")
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"NumPy array in pickle with a malformed shape {shape!r}")
+    if isinstance(data, str):
+        data = data.encode("latin-1")
+    if not isinstance(data, (bytes, bytearray, pickle.PickleBuffer)):
+        raise pickle.UnpicklingError("NumPy array in pickle without raw data")
+    raw = memoryview(data).cast("B")
+    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize or _text(order) not in ("C", "F"):
+        raise pickle.UnpicklingError(f"NumPy array in pickle: {len(raw)} bytes do not fill shape {shape}")
+    return np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order=_text(order))
+
+
+def _reconstruct(cls: object, shape: object, typecode: object) -> _PickledArray:
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("refusing to reconstruct anything but a NumPy array")
+    return _PickledArray()
+
+
+def _frombuffer(data: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    return _checked_array(data, dtype, shape, order)
+
+
+def _scalar(dtype: object, data: object = b"") -> object:
+    return _checked_array(data, dtype, (), "C")[()]
+
+
+def _encode(text: object, encoding: object = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing to call _codecs.encode with these arguments")
+    return text.encode("latin-1")
+
+
+class _Global:
+    """A callable handed to the unpickler; read-only, so a pickle's BUILD opcode cannot alter it."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[..., object]) -> None:
+        object.__setattr__(self, "_function", function)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("read-only")
+
+    def __call__(self, *args: object) -> object:
+        return self._function(*args)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR's python layout: plain containers, strings, numbers and NumPy numeric arrays.
+
+    Every global resolves to a muaudit stand-in, never to NumPy's own reconstruction code (whose
+    ``__setstate__`` trusts its input and can crash on a malformed pickle).
+    """
+
+    _ALLOWED: dict[tuple[str, str], object] = {
+        **{(m, "_reconstruct"): _Global(_reconstruct) for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(m, "scalar"): _Global(_scalar) for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(m, "_frombuffer"): _Global(_frombuffer) for m in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _Global(_PickledDtype),
+        ("_codecs", "encode"): _Global(_encode),  # bytes pickled by Python 3 with protocols 0-2
     }
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+            return self._ALLOWED[(module, name)]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _arrays_in(value: object) -> object:
+    """``value`` with every unpickled array stand-in replaced by its array."""
+    if isinstance(value, _PickledArray):
+        if value.array is None:
+            raise pickle.UnpicklingError("NumPy array in pickle without its data")
+        return value.array
+    if isinstance(value, dict):
+        return {k: _arrays_in(v) for k, v in value.items()}
+    if isinstance(value, list) and any(isinstance(v, (_PickledArray, dict, list, tuple)) for v in value):
+        return [_arrays_in(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_arrays_in(v) for v in value)
+    if isinstance(value, _PickledDtype):
+        return value.dtype
+    return value
 
 
 def _read_cifar_pickle(path: Path) -> dict[str, object]:
@@ -214,8 +363,9 @@ def _read_cifar_pickle(path: Path) -> dict[str, object]:
         raise DataError(f"CIFAR file not found: {path}")
     try:
         with open(path, "rb") as handle:
-            raw = _SafeUnpickler(io.BytesIO(handle.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            raw = _arrays_in(_SafeUnpickler(io.BytesIO(handle.read()), encoding="bytes").load())
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError, OSError, RecursionError) as exc:  # what a corrupt pickle stream can raise
         raise DataError(f"cannot read CIFAR file {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path} does not hold a CIFAR batch dictionary")
@@ -227,6 +377,21 @@ def _cifar_images(batch: dict[str, object], path: Path) -> np.ndarray:
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' must be an (N, 3072) array")
     return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+
+
+def _cifar_labels(batch: dict[str, object], key: str, count: int, n_classes: int, path: Path) -> np.ndarray:
+    """The labels under ``key``: one integer in ``[0, n_classes)`` per image."""
+    if key not in batch:
+        raise DataError(f"{path}: the batch has no {key!r} entry")
+    try:
+        labels = np.asarray(batch[key], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {key!r} must be a list of integer labels") from None
+    if labels.shape != (count,):
+        raise DataError(f"{path}: {key!r} holds {labels.size} labels for {count} images")
+    if count and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(f"{path}: {key!r} must lie in [0, {n_classes - 1}]")
+    return labels
 
 
 def _cifar_dir(root: str | None, folder: str) -> Path:
@@ -242,14 +407,12 @@ def _cifar_dir(root: str | None, folder: str) -> Path:
 def _load_cifar10(root: str | None) -> tuple[Split, Split, int]:
     base = _cifar_dir(root, "cifar-10-batches-py")
     xs, ys = [], []
-    for i in range(1, 6):
-        batch = _read_cifar_pickle(base / f"data_batch_{i}")
-        xs.append(_cifar_images(batch, base / f"data_batch_{i}"))
-        ys.append(np.asarray(batch["labels"], dtype=np.int64))
-    test = _read_cifar_pickle(base / "test_batch")
-    train_split = _split(np.concatenate(xs), np.concatenate(ys))
-    test_split = _split(_cifar_images(test, base / "test_batch"), np.asarray(test["labels"], dtype=np.int64))
-    return train_split, test_split, 10
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = _read_cifar_pickle(base / name)
+        xs.append(_cifar_images(batch, base / name))
+        ys.append(_cifar_labels(batch, "labels", len(xs[-1]), 10, base / name))
+    train_split = _split(np.concatenate(xs[:-1]), np.concatenate(ys[:-1]))
+    return train_split, _split(xs[-1], ys[-1]), 10
 
 
 def _load_cifar100_family(root: str | None, coarse: bool) -> tuple[Split, Split, int]:
@@ -257,9 +420,10 @@ def _load_cifar100_family(root: str | None, coarse: bool) -> tuple[Split, Split,
     splits = []
     for part in ("train", "test"):
         batch = _read_cifar_pickle(base / part)
-        fine = np.asarray(batch["fine_labels"], dtype=np.int64)
-        labels = np.asarray(batch["coarse_labels"], dtype=np.int64) if coarse else fine
-        splits.append(_split(_cifar_images(batch, base / part), labels, fine))
+        images = _cifar_images(batch, base / part)
+        fine = _cifar_labels(batch, "fine_labels", len(images), 100, base / part)
+        labels = _cifar_labels(batch, "coarse_labels", len(images), 20, base / part) if coarse else fine
+        splits.append(_split(images, labels, fine))
     return splits[0], splits[1], 20 if coarse else 100
 
 
@@ -272,13 +436,23 @@ def _load_npz(root: str | None) -> tuple[Split, Split, int]:
     if root is None or not Path(root).is_file():
         raise DataError(f"npz dataset file not found: {root}")
     try:
-        with np.load(root, allow_pickle=False) as arrays:
-            parts = {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except KeyError as exc:
-        raise DataError(f"{root} lacks the array {exc.args[0]!r} (need x_train, y_train, x_test, y_test)") from None
-    except (OSError, ValueError) as exc:
+        loaded = np.load(root, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read {root}: {exc}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{root} holds a single array, not an .npz archive of x_train, y_train, x_test, y_test")
+    with loaded as arrays:
+        missing = [k for k in NPZ_KEYS if k not in arrays.files]
+        if missing:
+            raise DataError(f"{root} lacks the array {missing[0]!r} (need {', '.join(NPZ_KEYS)})")
+        try:
+            parts = {k: arrays[k] for k in NPZ_KEYS}
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"cannot read {root}: {exc}") from None
     splits = [_npz_split(parts[f"x_{p}"], parts[f"y_{p}"], root) for p in ("train", "test")]
+    if splits[0].x.shape[1:] != splits[1].x.shape[1:]:
+        raise DataError(f"{root}: x_train and x_test differ in example shape "
+                        f"({tuple(splits[0].x.shape[1:])} vs {tuple(splits[1].x.shape[1:])})")
     n_classes = int(max(splits[0].y.max(), splits[1].y.max())) + 1
     return splits[0], splits[1], n_classes
 
@@ -288,6 +462,8 @@ def _npz_split(x: np.ndarray, y: np.ndarray, path: str) -> Split:
         x = x[:, None]
     if x.ndim not in (2, 4) or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{path}: expected x of shape (N, D), (N, H, W) or (N, C, H, W) and y of shape (N,)")
+    if len(y) == 0:
+        raise DataError(f"{path}: a split is empty")
     if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
         raise DataError(f"{path}: labels must be non-negative integers")
     scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)

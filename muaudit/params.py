@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from muaudit.errors import ParameterError
 
 _TYPES: dict[type, str] = {int: "an int", float: "a float", bool: "a bool", str: "a str"}
+_CLOSED = ("both", "left", "right", "neither")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,16 @@ class Interval:
     low: float | None = None
     high: float | None = None
     closed: str = "both"  # "both", "left", "right" or "neither"
+
+    def __post_init__(self) -> None:
+        if self.closed not in _CLOSED:
+            raise ParameterError(f"Interval closed must be one of {', '.join(_CLOSED)}, got {self.closed!r}")
+        if any(b is not None and math.isnan(b) for b in (self.low, self.high)):
+            raise ParameterError("Interval bounds must not be NaN")
+        if self.low is not None and self.high is not None and (
+            self.low > self.high or (self.low == self.high and self.closed != "both")
+        ):
+            raise ParameterError(f"Interval {self} is empty")
 
     def contains(self, value: float) -> bool:
         if isinstance(value, float) and math.isnan(value):
@@ -63,6 +74,11 @@ class Param:
     help: str
     constraint: Interval | Choice | None = None
     nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPES:
+            supported = ", ".join(t.__name__ for t in _TYPES)
+            raise ParameterError(f"parameter {self.name!r} has unsupported type {self.type!r} (use {supported})")
 
     def describe(self) -> str:
         rule = f" {self.constraint}" if self.constraint is not None else ""

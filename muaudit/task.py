@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,6 +32,26 @@ SCHEDULES = ("constant", "cosine", "step")
 AUGMENTATIONS = ("none", "crop-flip")
 
 
+def _float_fields(spec: object, names: tuple[str, ...]) -> None:
+    """Store integral values of float fields as floats, so ``lr = 1`` and ``lr = 1.0`` hash alike."""
+    for name in names:
+        value = getattr(spec, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(spec, name, float(value))
+
+
+def _check_type(what: str, value: Any, kind: type, optional: bool = False) -> None:
+    """Raise :class:`TaskError` unless ``value`` is of ``kind`` (ints count as floats; bools as neither)."""
+    if value is None and optional:
+        return
+    accepted = (int, float) if kind is float else kind
+    if isinstance(value, accepted) and not (isinstance(value, bool) and kind is not bool):
+        return
+    article = "an" if kind is int else "a"
+    suffix = " or absent" if optional else ""
+    raise TaskError(f"{what} must be {article} {kind.__name__}{suffix}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """Which data set, where it lives (not hashed) and the validation fraction carved from its test split."""
@@ -37,6 +59,9 @@ class DatasetSpec:
     name: str = "digits"
     root: str | None = None
     val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _float_fields(self, ("val_fraction",))
 
     def load(self) -> DataBundle:
         return load_dataset(self.name, self.root, self.val_fraction)
@@ -57,6 +82,18 @@ class ForgetSpec:
     fraction: float | None = None
     count: int | None = None
     path: str | None = None
+
+    def __post_init__(self) -> None:
+        _float_fields(self, ("fraction",))
+
+    def validate(self) -> None:
+        """Check the kind and the field types (what each kind needs is checked when indices are drawn)."""
+        if self.kind not in FORGET_KINDS:
+            raise TaskError(f"unknown forget kind {self.kind!r} (known: {', '.join(FORGET_KINDS)})")
+        _check_type("forget cls", self.cls, int, optional=True)
+        _check_type("forget fraction", self.fraction, float, optional=True)
+        _check_type("forget count", self.count, int, optional=True)
+        _check_type("forget path", self.path, str, optional=True)
 
 
 @dataclass(frozen=True)
@@ -80,7 +117,16 @@ class Recipe:
     schedule: str = "cosine"
     augment: str = "none"
 
+    def __post_init__(self) -> None:
+        _float_fields(self, ("lr", "momentum", "weight_decay"))
+
     def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            _check_type(f"recipe {name}", getattr(self, name), int)
+        for name in ("lr", "momentum", "weight_decay"):
+            _check_type(f"recipe {name}", getattr(self, name), float)
+        for name in ("optimizer", "schedule", "augment"):
+            _check_type(f"recipe {name}", getattr(self, name), str)
         if self.epochs < 1 or self.batch_size < 1:
             raise TaskError("recipe epochs and batch_size must be positive")
         if not self.lr > 0:
@@ -126,6 +172,7 @@ class Task:
             validate_forget_indices(self.forget_indices or (), len(data.train))
             return self
         self.recipe.validate()
+        self.forget.validate()
         indices = draw_forget_indices(self.forget, data.train, self.seed, self.dataset.name)
         return replace(self, forget_indices=indices, data_fingerprint=fingerprint)
 
@@ -136,6 +183,7 @@ class Task:
         payload = self.to_dict()
         payload.pop("name")
         payload["dataset"].pop("root")
+        payload["forget"]["path"] = None  # where an index file lives is not part of the experiment
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -153,7 +201,7 @@ class Task:
     def from_dict(cls, raw: Mapping[str, Any]) -> "Task":
         try:
             return _task_from_mapping(raw)
-        except TypeError as exc:  # unknown or missing keys in a section
+        except (TypeError, ValueError) as exc:  # unknown or missing keys in a section
             raise TaskError(f"invalid task specification: {exc}") from None
 
     @classmethod
@@ -170,7 +218,10 @@ class Task:
             raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (ValueError, tomllib.TOMLDecodeError) as exc:
             raise TaskError(f"cannot parse task file {path}: {exc}") from None
-        task = cls.from_dict(raw)
+        try:
+            task = cls.from_dict(raw)
+        except TaskError as exc:
+            raise TaskError(f"{path}: {exc}") from None
         if task.forget.kind == "indices" and task.forget.path and not Path(task.forget.path).is_absolute():
             forget = replace(task.forget, path=str(path.parent / task.forget.path))
             task = replace(task, forget=forget)
@@ -178,11 +229,11 @@ class Task:
 
     def to_toml(self) -> str:
         """A TOML rendering of this task (materialised indices included when present)."""
-        lines = [f"name = {json.dumps(self.name)}", f"seed = {self.seed}"]
+        lines = [f"name = {_toml_value(self.name)}", f"seed = {self.seed}"]
         if self.data_fingerprint is not None:
-            lines.append(f"data_fingerprint = {json.dumps(self.data_fingerprint)}")
+            lines.append(f"data_fingerprint = {_toml_value(self.data_fingerprint)}")
         if self.forget_indices is not None:
-            lines.append(f"forget_indices = {json.dumps(list(self.forget_indices))}")
+            lines.append(f"forget_indices = {_toml_value(list(self.forget_indices))}")
         sections = {
             "dataset": asdict(self.dataset),
             "forget": asdict(self.forget),
@@ -192,36 +243,84 @@ class Task:
         }
         for title, values in sections.items():
             lines.append(f"\n[{title}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None)
+            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None)
         return "\n".join(lines) + "\n"
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal for a JSON-like value (JSON's own rendering is not TOML for all strings and floats)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = "".join(
+            "\\" + ch if ch in '"\\' else f"\\u{ord(ch):04X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+            for ch in value
+        )
+        return f'"{escaped}"'
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TaskError(f"cannot write {value!r} to TOML")
+
+
 def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
+    if not isinstance(raw, Mapping):
+        raise TaskError(f"invalid task specification: expected a table of settings, got {type(raw).__name__}")
     allowed = {"name", "dataset", "forget", "model", "recipe", "seed", "forget_indices", "data_fingerprint"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise TaskError(f"invalid task specification: unknown key {unknown[0]!r}")
-    model_raw = dict(raw.get("model", {}))
-    model = ModelSpec(arch=model_raw.pop("arch", "mlp"), options=dict(model_raw.pop("options", {})))
+    model_raw = dict(_section(raw, "model"))
+    model = ModelSpec(arch=model_raw.pop("arch", "mlp"), options=dict(_section(model_raw, "options", "model.")))
+    model_raw.pop("options", None)
     if model_raw:
         raise TaskError(f"invalid task specification: unknown model key {sorted(model_raw)[0]!r}")
-    indices = raw.get("forget_indices")
+    _check_type("model arch", model.arch, str)
     task = Task(
-        name=str(raw.get("name", "custom")),
-        dataset=DatasetSpec(**raw.get("dataset", {})),
-        forget=ForgetSpec(**raw.get("forget", {})),
+        name=raw.get("name", "custom"),
+        dataset=DatasetSpec(**_section(raw, "dataset")),
+        forget=ForgetSpec(**_section(raw, "forget")),
         model=model,
-        recipe=Recipe(**raw.get("recipe", {})),
-        seed=int(raw.get("seed", 0)),
-        forget_indices=None if indices is None else tuple(int(i) for i in indices),
+        recipe=Recipe(**_section(raw, "recipe")),
+        seed=raw.get("seed", 0),
+        forget_indices=_indices_of(raw.get("forget_indices")),
         data_fingerprint=raw.get("data_fingerprint"),
     )
+    _check_type("task name", task.name, str)
+    _check_type("task seed", task.seed, int)
+    _check_type("data_fingerprint", task.data_fingerprint, str, optional=True)
+    _check_type("dataset name", task.dataset.name, str)
+    _check_type("dataset root", task.dataset.root, str, optional=True)
+    _check_type("dataset val_fraction", task.dataset.val_fraction, float)
     if task.dataset.name not in DATASETS:
         raise TaskError(f"unknown dataset {task.dataset.name!r} (known: {', '.join(DATASETS)})")
-    if task.forget.kind not in FORGET_KINDS:
-        raise TaskError(f"unknown forget kind {task.forget.kind!r} (known: {', '.join(FORGET_KINDS)})")
+    task.forget.validate()
     task.recipe.validate()
     return task
+
+
+def _section(raw: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise TaskError(f"invalid task specification: [{prefix}{key}] must be a table, got {value!r}")
+    return value
+
+
+def _indices_of(raw: Any) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        raise TaskError("invalid task specification: forget_indices must be a list of integers")
+    return tuple(raw)
 
 
 # ------------------------------------------------------------------------------------ forget sets

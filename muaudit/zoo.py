@@ -47,6 +47,8 @@ def _cnn(shape: tuple[int, ...], n_classes: int, width: int = 32) -> nn.Sequenti
     """LeNet-like: two conv-ReLU-maxpool blocks and two linear layers."""
     c, h, w = _image_shape(shape, "cnn")
     flat = 2 * width * (h // 4) * (w // 4)
+    if h // 4 == 0 or w // 4 == 0:
+        raise TaskError(f"cnn needs inputs of at least 4x4 pixels, got {h}x{w}")
     return nn.Sequential(
         nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
