@@ -10,6 +10,7 @@ import copy
 import platform
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,15 +56,20 @@ class AuditSetup:
     progress: bool = False
     _outputs: dict[int, ModelOutputs] = field(default_factory=dict, repr=False)
 
-    @property
-    def forget(self) -> Split:
-        return self.data.train.subset(list(self.task.forget_indices or ()))
+    @cached_property
+    def train(self) -> Split:
+        """D as the original model saw it (flipped labels on a label-flip poisoning task)."""
+        return self.task.training_split(self.data)
 
-    @property
+    @cached_property
+    def forget(self) -> Split:
+        return self.train.subset(list(self.task.forget_indices or ()))
+
+    @cached_property
     def retain(self) -> Split:
-        mask = np.ones(len(self.data.train), dtype=bool)
+        mask = np.ones(len(self.train), dtype=bool)
         mask[list(self.task.forget_indices or ())] = False
-        return self.data.train.subset(np.flatnonzero(mask))
+        return self.train.subset(np.flatnonzero(mask))
 
     def outputs(self, model: nn.Module) -> ModelOutputs:
         """Logits of ``model`` on D_f, D_r and the test split (memoised for the original and gold models)."""
@@ -116,7 +122,7 @@ def _train_cached(task: Task, data: DataBundle, split: Split, role: str, seed: i
 def train_original(task: Task, data: DataBundle, cache: TensorCache, device: torch.device,
                    progress: bool = False) -> TrainedModel:
     """The original model: the task's recipe on the whole training set D (cached)."""
-    return _train_cached(task, data, data.train, "original", derive_seed(task.seed, "original"),
+    return _train_cached(task, data, task.training_split(data), "original", derive_seed(task.seed, "original"),
                          cache, device, progress)
 
 
@@ -220,7 +226,7 @@ def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlug
     if hit is not None:
         return hit[0], 0.0
     start = time.perf_counter()
-    stats = method.compute_train_stats(copy.deepcopy(setup.original), setup.data.train, ctx)
+    stats = method.compute_train_stats(copy.deepcopy(setup.original), setup.train, ctx)
     seconds = time.perf_counter() - start
     setup.cache.put(config, stats, {"seconds": seconds})
     return stats, seconds
@@ -288,6 +294,21 @@ def _accuracy_readouts(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutput
                                   f"100 - accuracy on {label} (PGU paper Tables 1-3)",
                                   [err(g) for g in golds], err(u), err(o)))
     return out
+
+
+def _clean_label_readout(setup: AuditSetup, u: ModelOutputs, o: ModelOutputs,
+                         golds: list[ModelOutputs]) -> list[Readout]:
+    """On a label-flip poisoning task: error on D_f against the true (clean) labels, i.e. de-poisoning."""
+    if setup.task.poison_labels is None:
+        return []
+    clean = setup.data.train.y[list(setup.task.forget_indices or ())]
+
+    def err(m: ModelOutputs) -> float:
+        return R.error_percent(m.forget_logits, clean)
+
+    return [_model_readout("forget_clean_error", _PCT, False,
+                           "100 - accuracy on D_f against its true labels (poisoning tasks: D_f's labels are flipped)",
+                           [err(g) for g in golds], err(u), err(o))]
 
 
 def _output_distance_readouts(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs]) -> list[Readout]:
@@ -399,7 +420,8 @@ def build_scorecard(setup: AuditSetup, run: MethodRun, attack_plugin: LoadedPlug
         R.avg_gap(_avg_gap_terms(u, metrics["unlearned"][0]), gaps_gold[0]),
         R.avg_gap(_avg_gap_terms(o, metrics["original"][0]), gaps_gold[0]),
         [R.avg_gap(g, gaps_gold[0]) for g in gaps_gold[1:]])
-    readouts = (_accuracy_readouts(u, o, golds) + _output_distance_readouts(u, o, golds)
+    readouts = (_accuracy_readouts(u, o, golds) + _clean_label_readout(setup, u, o, golds)
+                + _output_distance_readouts(u, o, golds)
                 + _entropy_readouts(u, o, golds)
                 + _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])
                 + _attack_readouts(attack_plugin.spec.name, metrics) + [avg])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
 from muaudit.data import DATASETS, DataBundle, Split, load_dataset
 from muaudit.errors import TaskError
@@ -26,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-FORGET_KINDS = ("full-class", "sub-class", "random", "class-subset", "indices")
+FORGET_KINDS = ("full-class", "sub-class", "random", "class-subset", "indices", "label-flip")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 AUGMENTATIONS = ("none", "crop-flip")
@@ -74,7 +75,11 @@ class ForgetSpec:
     Kinds: ``full-class`` (every training example of ``cls``); ``sub-class`` (every example of fine class
     ``cls`` of CIFAR-100 inside its CIFAR-20 superclass; dataset ``cifar20``); ``random`` (``fraction`` or
     ``count`` of the training set, uniformly); ``class-subset`` (``count`` random examples of ``cls``);
-    ``indices`` (an explicit list in ``path``: ``.npy``, ``.json`` list, or text with one index per line).
+    ``indices`` (an explicit list in ``path``: ``.npy``, ``.json`` list, or text with one index per line);
+    ``label-flip`` (a poisoning set: ``fraction`` or ``count`` random examples, of class ``cls`` if given, whose
+    training labels are flipped to ``target``, or to a random other class when ``target`` is unset; the original
+    model trains on the flipped labels, the gold model on the clean rest, and D_f carries the flipped labels, so
+    unlearning D_f is de-poisoning and the clean test accuracy measures the recovery).
     """
 
     kind: str = "random"
@@ -82,6 +87,7 @@ class ForgetSpec:
     fraction: float | None = None
     count: int | None = None
     path: str | None = None
+    target: int | None = None
 
     def __post_init__(self) -> None:
         _float_fields(self, ("fraction",))
@@ -94,6 +100,7 @@ class ForgetSpec:
         _check_type("forget fraction", self.fraction, float, optional=True)
         _check_type("forget count", self.count, int, optional=True)
         _check_type("forget path", self.path, str, optional=True)
+        _check_type("forget target", self.target, int, optional=True)
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,7 @@ class Task:
     seed: int = 0
     forget_indices: tuple[int, ...] | None = None
     data_fingerprint: str | None = None
+    poison_labels: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------------------ materialisation
     @property
@@ -174,7 +182,18 @@ class Task:
         self.recipe.validate()
         self.forget.validate()
         indices = draw_forget_indices(self.forget, data.train, self.seed, self.dataset.name)
-        return replace(self, forget_indices=indices, data_fingerprint=fingerprint)
+        poison = draw_poison_labels(self.forget, data.train.y.numpy()[list(indices)], data.n_classes, self.seed)
+        return replace(self, forget_indices=indices, data_fingerprint=fingerprint, poison_labels=poison)
+
+    def training_split(self, data: DataBundle) -> Split:
+        """The training set D the original model learns from: ``data.train``, with flipped labels if poisoned."""
+        if self.poison_labels is None:
+            return data.train
+        if self.forget_indices is None or len(self.poison_labels) != len(self.forget_indices):
+            raise TaskError("poison_labels must give one label per forget index")
+        labels = data.train.y.clone()
+        labels[list(self.forget_indices)] = torch.tensor(self.poison_labels, dtype=labels.dtype)
+        return Split(data.train.x, labels, data.train.fine)
 
     def content_hash(self) -> str:
         """SHA-256 of everything that determines the experiment (not the name, not the data root)."""
@@ -192,6 +211,7 @@ class Task:
         out = asdict(self)
         out["model"]["options"] = dict(self.model.options)
         out["forget_indices"] = None if self.forget_indices is None else list(self.forget_indices)
+        out["poison_labels"] = None if self.poison_labels is None else list(self.poison_labels)
         return out
 
     def to_json(self) -> str:
@@ -234,6 +254,8 @@ class Task:
             lines.append(f"data_fingerprint = {_toml_value(self.data_fingerprint)}")
         if self.forget_indices is not None:
             lines.append(f"forget_indices = {_toml_value(list(self.forget_indices))}")
+        if self.poison_labels is not None:
+            lines.append(f"poison_labels = {_toml_value(list(self.poison_labels))}")
         sections = {
             "dataset": asdict(self.dataset),
             "forget": asdict(self.forget),
@@ -275,7 +297,8 @@ def _toml_value(value: Any) -> str:
 def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
     if not isinstance(raw, Mapping):
         raise TaskError(f"invalid task specification: expected a table of settings, got {type(raw).__name__}")
-    allowed = {"name", "dataset", "forget", "model", "recipe", "seed", "forget_indices", "data_fingerprint"}
+    allowed = {"name", "dataset", "forget", "model", "recipe", "seed", "forget_indices", "data_fingerprint",
+               "poison_labels"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise TaskError(f"invalid task specification: unknown key {unknown[0]!r}")
@@ -294,6 +317,7 @@ def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
         seed=raw.get("seed", 0),
         forget_indices=_indices_of(raw.get("forget_indices")),
         data_fingerprint=raw.get("data_fingerprint"),
+        poison_labels=_indices_of(raw.get("poison_labels"), "poison_labels"),
     )
     _check_type("task name", task.name, str)
     _check_type("task seed", task.seed, int)
@@ -315,11 +339,11 @@ def _section(raw: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str,
     return value
 
 
-def _indices_of(raw: Any) -> tuple[int, ...] | None:
+def _indices_of(raw: Any, name: str = "forget_indices") -> tuple[int, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
-        raise TaskError("invalid task specification: forget_indices must be a list of integers")
+        raise TaskError(f"invalid task specification: {name} must be a list of integers")
     return tuple(raw)
 
 
@@ -337,6 +361,9 @@ def draw_forget_indices(spec: ForgetSpec, train: Split, seed: int, dataset: str)
         indices = rng.choice(members, size=count, replace=False)
     elif spec.kind == "random":
         indices = rng.choice(n, size=_random_size(spec, n), replace=False)
+    elif spec.kind == "label-flip":
+        pool = np.flatnonzero(labels == _class_of(spec, labels)) if spec.cls is not None else np.arange(n)
+        indices = rng.choice(pool, size=_random_size(spec, len(pool), "label-flip"), replace=False)
     elif spec.kind == "sub-class":
         indices = _subclass_indices(spec, train, dataset)
     else:
@@ -376,14 +403,35 @@ def _count_of(spec: ForgetSpec, available: int, kind: str) -> int:
     return int(spec.count)
 
 
-def _random_size(spec: ForgetSpec, n: int) -> int:
+def _random_size(spec: ForgetSpec, n: int, kind: str = "random") -> int:
     if (spec.fraction is None) == (spec.count is None):
-        raise TaskError("forget kind 'random' needs exactly one of fraction or count")
+        raise TaskError(f"forget kind {kind!r} needs exactly one of fraction or count")
     if spec.fraction is not None:
         if not 0.0 < spec.fraction < 1.0:
             raise TaskError(f"forget fraction must be in (0, 1), got {spec.fraction}")
         return max(1, int(round(spec.fraction * n)))
-    return _count_of(spec, n - 1, "random")
+    return _count_of(spec, n - 1 if kind == "random" else n, kind)
+
+
+def draw_poison_labels(spec: ForgetSpec, true_labels: np.ndarray, n_classes: int, seed: int
+                       ) -> tuple[int, ...] | None:
+    """The flipped labels of a ``label-flip`` forget set (``None`` for every other kind).
+
+    Each example gets ``spec.target`` or, without a target, a uniformly random class other than its own, drawn
+    with ``numpy.random.default_rng`` seeded from the task seed (independently of the index draw).
+    """
+    if spec.kind != "label-flip":
+        return None
+    if spec.target is not None:
+        if not 0 <= spec.target < n_classes:
+            raise TaskError(f"label-flip target {spec.target} is not a class (0..{n_classes - 1})")
+        if (true_labels == spec.target).any():
+            raise TaskError(f"label-flip target {spec.target} equals some examples' own label; use cls to "
+                            "poison one other class, or leave target unset")
+        return tuple(int(spec.target) for _ in true_labels)
+    rng = np.random.default_rng([seed, 1])
+    offsets = rng.integers(1, n_classes, size=len(true_labels))
+    return tuple(int(v) for v in (true_labels + offsets) % n_classes)
 
 
 def _subclass_indices(spec: ForgetSpec, train: Split, dataset: str) -> np.ndarray:
@@ -439,6 +487,8 @@ NAMED_TASKS: dict[str, Task] = {
     "digits-class": _digits(ForgetSpec("full-class", cls=3), "digits-class"),
     "fashion-mnist-random": _fashion(ForgetSpec("random", count=1000), "fashion-mnist-random"),
     "fashion-mnist-class": _fashion(ForgetSpec("full-class", cls=0), "fashion-mnist-class"),
+    "digits-poison": _digits(ForgetSpec("label-flip", cls=3, count=60, target=8), "digits-poison"),
+    "fashion-mnist-poison": _fashion(ForgetSpec("label-flip", fraction=0.05), "fashion-mnist-poison"),
     "cifar10-random": _cifar("cifar10", ForgetSpec("random", fraction=0.1), "cifar10-random"),
     "cifar10-class": _cifar("cifar10", ForgetSpec("full-class", cls=0), "cifar10-class"),
     "cifar100-class": _cifar("cifar100", ForgetSpec("full-class", cls=0), "cifar100-class"),

@@ -128,3 +128,22 @@ def test_entropy_histograms_count_every_forget_example(digits_setup, loss_attack
     for key in ("original", "gold", "unlearned"):
         assert sum(hist[key]) == len(digits_setup.forget)
     assert hist["bin_edges"][-1] == pytest.approx(np.log(10))
+
+
+def test_label_flip_poisoning_task(cache_dir, loss_attack):
+    """D_f carries flipped labels, the original learns them, the gold model never sees them."""
+    from muaudit.task import NAMED_TASKS
+
+    setup = tiny_setup(cache_dir, "digits-poison", gold_count=2)
+    task = setup.task
+    assert len(task.poison_labels) == len(task.forget_indices) == 60
+    assert set(task.poison_labels) == {8}
+    assert set(setup.data.train.y[list(task.forget_indices)].tolist()) == {3}  # the clean labels
+    assert set(setup.forget.y.tolist()) == {8}
+    assert 8 not in setup.retain.y[setup.retain.y == 3].tolist()
+    card = build_scorecard(setup, run_method(setup, load_method("retrain"), {}, 0), loss_attack)
+    clean = card.readout("forget_clean_error")
+    assert clean.original > clean.gold + 20  # poisoning hurt the original on its true labels
+    assert card.readout("test_error").original > card.readout("test_error").gold
+    assert task.to_dict()["poison_labels"] == list(task.poison_labels)
+    assert NAMED_TASKS["digits-poison"].forget.kind == "label-flip"

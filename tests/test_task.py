@@ -487,3 +487,21 @@ def test_unknown_task_suggests_close_names():
         resolve_task("zzz")
     with pytest.raises(TaskError, match="not found"):
         resolve_task("missing.toml")
+
+
+def test_label_flip_draws_flipped_labels_and_enters_the_hash():
+    from muaudit.data import load_dataset
+    from muaudit.task import ForgetSpec, Task, TaskError
+
+    data = load_dataset("digits")
+    task = Task(forget=ForgetSpec("label-flip", fraction=0.1), seed=3).materialise(data)
+    true = data.train.y[list(task.forget_indices)].numpy()
+    assert len(task.poison_labels) == len(task.forget_indices)
+    assert all(p != t for p, t in zip(task.poison_labels, true))
+    split = task.training_split(data)
+    assert split.y[list(task.forget_indices)].tolist() == list(task.poison_labels)
+    assert Task.from_dict(task.to_dict()).content_hash() == task.content_hash()
+    altered = Task(**{**task.__dict__, "poison_labels": tuple((p + 1) % 10 for p in task.poison_labels)})
+    assert altered.content_hash() != task.content_hash()
+    with pytest.raises(TaskError, match="target"):
+        Task(forget=ForgetSpec("label-flip", count=5, target=11)).materialise(data)
