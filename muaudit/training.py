@@ -9,7 +9,7 @@ import hashlib
 import math
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -81,14 +81,22 @@ def fit(
     model: nn.Module,
     split: Split,
     recipe: Recipe,
-    seed: int,
+    seed: int | torch.Generator,
     device: torch.device,
     progress: str | None = None,
+    parameters: Sequence[nn.Parameter] | None = None,
+    keep_eval: Sequence[nn.Module] = (),
 ) -> nn.Module:
-    """Train ``model`` in place on ``split`` with ``recipe`` (cross-entropy); returns the model."""
+    """Train ``model`` in place on ``split`` with ``recipe`` (cross-entropy); returns the model in eval mode.
+
+    ``seed`` (or a generator) fixes the data order and augmentation. ``parameters`` restricts the optimiser to a
+    subset (default: all); modules in ``keep_eval`` stay in eval mode (e.g. frozen BatchNorm layers).
+    """
     model.to(device).train()
-    optimizer = make_optimizer(list(model.parameters()), recipe)
-    gen = generator(seed)
+    for module in keep_eval:
+        module.eval()
+    optimizer = make_optimizer(list(model.parameters() if parameters is None else parameters), recipe)
+    gen = seed if isinstance(seed, torch.Generator) else generator(seed)
     loss_fn = nn.CrossEntropyLoss()
     n_batches = math.ceil(len(split) / recipe.batch_size)
     with progress_bar(recipe.epochs * n_batches, progress) as bar:

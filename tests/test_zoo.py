@@ -15,15 +15,6 @@ NARROW = {"mlp": {"hidden": 16}, "cnn": {"width": 4}, "allcnn": {"width": 4}, "s
           "resnet18": {"width": 4}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread avoids thread-pool overhead on a busy CPU (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _stats(shape: tuple[int, ...]) -> tuple[list[float], list[float]]:
     channels = shape[0] if len(shape) == 3 else 1
     return [0.5] * channels, [0.25] * channels

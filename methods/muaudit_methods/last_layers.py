@@ -51,7 +51,6 @@ Decisions and deviations:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -62,7 +61,7 @@ from muaudit.data import Split
 from muaudit.errors import ParameterError
 from muaudit.params import Interval, Param
 from muaudit.task import Recipe
-from muaudit.training import augment_batch, derive_seed, lr_factor, make_optimizer, progress_bar
+from muaudit.training import derive_seed, fit
 
 _COUNTED = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -110,22 +109,9 @@ def train_layers(model: nn.Module, names: list[str], split: Split, recipe: Recip
         p.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
-    model.to(device).train()
-    for name, module in model.named_modules():
-        if name not in chosen and isinstance(module, nn.modules.batchnorm._NormBase):
-            module.eval()
-    optimizer = make_optimizer(trained, recipe)
-    loss_fn = nn.CrossEntropyLoss()
-    with progress_bar(recipe.epochs * math.ceil(len(split) / recipe.batch_size), progress) as bar:
-        for epoch in range(recipe.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * lr_factor(recipe, epoch)
-            for x, y in split.batches(recipe.batch_size, shuffle=True, generator=gen):
-                x = augment_batch(x.to(device), recipe.augment, gen)
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(x), y.to(device)).backward()
-                optimizer.step()
-                bar.update(1)
+    frozen_norms = [module for name, module in model.named_modules()
+                    if name not in chosen and isinstance(module, nn.modules.batchnorm._NormBase)]
+    fit(model, split, recipe, gen, device, progress, parameters=trained, keep_eval=frozen_norms)
     for p in model.parameters():
         p.requires_grad_(True)
     return model.eval()

@@ -13,14 +13,6 @@ from muaudit_methods.bad_teacher import incompetent_teacher_seed, unlearner_loss
 FAST = {"lr": 1e-3, "epochs": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny MLP steps run much faster single-threaded on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_forget_outputs_move_toward_the_incompetent_teacher(digits_class_setup):
     setup, seed = digits_class_setup, 0

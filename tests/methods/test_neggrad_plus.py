@@ -11,14 +11,6 @@ from muaudit.testing import check_method, load_method
 FAST = {"epochs": 1, "lr": 0.01, "batch_size": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny MLP steps run much faster single-threaded on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def accuracies(setup, model) -> dict[str, float]:
     out = setup.outputs(model)

@@ -13,14 +13,6 @@ from muaudit_methods.random_label import labels_other_than_own, labels_outside_c
 FAST = {"lr": 1e-3, "epochs": 1, "batch_size": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny MLP steps run much faster single-threaded on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def accuracies(setup, model) -> dict[str, float]:
     out = setup.outputs(model)

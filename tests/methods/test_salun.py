@@ -15,14 +15,6 @@ from muaudit_methods.salun import SALUN_DEFAULTS, MaskPinning, saliency, top_fra
 FAST = {"epochs": 1, "batch_size": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny MLP steps run much faster single-threaded on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def mask_of(setup, ratio: float, batch_size: int = 256) -> dict[str, torch.Tensor]:
     return top_fraction_mask(saliency(copy.deepcopy(setup.original), setup.forget, batch_size, setup.device), ratio)

@@ -13,14 +13,6 @@ from muaudit_methods.scrub import PRESETS, SCRUB, distill_kl, lr_at
 FAST = {"preset": "small-scale", "epochs": 2, "msteps": 1, "retain_batch_size": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny MLP steps run much faster single-threaded on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def accuracies(setup, model) -> dict[str, float]:
     out = setup.outputs(model)

@@ -12,14 +12,6 @@ from muaudit.testing import check_method, load_method
 from muaudit_methods.ssd import SSD, importances
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny MLP steps run much faster single-threaded on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.mark.parametrize("alpha", [10.0, 2.0])
 def test_dampens_only_selected_weights(digits_class_setup, alpha):

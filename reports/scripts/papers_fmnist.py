@@ -1,0 +1,167 @@
+"""Issue 4 benchmark: the direction of each paper's headline claim on Fashion-MNIST with the small CNN.
+
+Runs the five papers' methods and the relevant baselines against the gold retrain on three Fashion-MNIST tasks
+(random subset of 1000, random subset of 64, full class 0), all with the same two gold models per task and
+timings measured in this one run, then checks each claim and writes ``reports/papers/fashion-mnist.md`` and
+``.json``. Start from an empty cache (the default) so the gold retrain time is measured in the same run.
+
+Usage: python reports/scripts/papers_fmnist.py [--cache-dir DIR] [--only TASK]
+Takes roughly 40 minutes on 2 CPU cores; needs ``apt-get install dataset-fashion-mnist``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from muaudit.audit import build_scorecard, prepare, run_method
+from muaudit.cache import TensorCache
+from muaudit.plugins import ATTACKS, METHODS, load_by_name
+from muaudit.results import Scorecard, comparison_table
+from muaudit.task import NAMED_TASKS, ForgetSpec
+
+OUT = Path(__file__).resolve().parents[1] / "papers"
+
+# (label, method, params) per task; labels name the table columns.
+RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "fashion-mnist-random": [
+        ("retrain", "retrain", {}),
+        ("finetune", "finetune", {}),
+        ("neggrad", "neggrad", {"lr": 1e-3}),
+        ("random-label", "random-label", {}),
+        ("pgu", "pgu", {"preset": "fmnist"}),
+        ("mu-mis", "mu-mis", {"preset": "fashion-mnist-random"}),
+        ("targeted-noise-3", "targeted-noise", {"lam": 3.0}),
+        ("natmu", "natmu", {"preset": "fmnist"}),
+        ("tmu", "tmu", {"preset": "fmnist"}),
+    ],
+    "fashion-mnist-64": [
+        ("retrain", "retrain", {}),
+        ("neggrad", "neggrad", {"lr": 1e-3}),
+        ("random-label", "random-label", {}),
+        ("targeted-noise-1", "targeted-noise", {"lam": 1.0}),
+        ("targeted-noise-3", "targeted-noise", {"lam": 3.0}),
+    ],
+    "fashion-mnist-class": [
+        ("retrain", "retrain", {}),
+        ("finetune", "finetune", {}),
+        ("random-label", "random-label", {}),
+        ("pgu", "pgu", {"preset": "fmnist"}),
+        ("mu-mis", "mu-mis", {"preset": "fashion-mnist-class"}),
+        ("natmu", "natmu", {"preset": "fmnist", "variant": "class-wise"}),
+    ],
+}
+
+
+def task_for(name: str):
+    if name == "fashion-mnist-64":  # the delta-Targeted paper's |D_f| = 64 setting
+        base = NAMED_TASKS["fashion-mnist-random"]
+        return replace(base, name=name, forget=ForgetSpec("random", count=64))
+    return NAMED_TASKS[name]
+
+
+def value(card: Scorecard, readout: str, column: str = "unlearned") -> float:
+    return getattr(card.readout(readout), column)
+
+
+def claims(cards: dict[str, dict[str, Scorecard]]) -> list[dict[str, Any]]:
+    """Each paper's headline claim as a measured comparison (direction only)."""
+    out = []
+
+    def claim(paper: str, text: str, task: str, check: Callable[[dict[str, Scorecard]], tuple[bool, str]]) -> None:
+        if task not in cards:
+            return
+        ok, evidence = check(cards[task])
+        out.append({"paper": paper, "claim": text, "task": task, "reproduced": ok, "evidence": evidence})
+
+    def retain_acc(c: Scorecard) -> float:
+        return 100 - value(c, "retain_error")
+
+    claim("delta-Targeted", "lambda=3 keeps retain accuracy far above NegGrad at |D_f| = 64", "fashion-mnist-64",
+          lambda c: (retain_acc(c["targeted-noise-3"]) > retain_acc(c["neggrad"]) + 10,
+                     f"retain acc {retain_acc(c['targeted-noise-3']):.1f} vs neggrad {retain_acc(c['neggrad']):.1f}; "
+                     f"forget error {value(c['targeted-noise-3'], 'forget_error'):.1f} vs "
+                     f"{value(c['neggrad'], 'forget_error'):.1f}"))
+    claim("delta-Targeted", "smaller L1 parameter change than NegGrad", "fashion-mnist-64",
+          lambda c: (value(c["targeted-noise-3"], "param_l1_all_to_original")
+                     < value(c["neggrad"], "param_l1_all_to_original"),
+                     f"L1 {value(c['targeted-noise-3'], 'param_l1_all_to_original'):.1f} vs "
+                     f"{value(c['neggrad'], 'param_l1_all_to_original'):.1f}"))
+    for split in ("test_error", "forget_error"):
+        claim("PGU", f"{split} close to gold's on a random subset (|gap| <= 2 points)", "fashion-mnist-random",
+              lambda c, s=split: (abs(c["pgu"].readout(s).gap) <= 2.0,
+                                  f"gap {c['pgu'].readout(s).gap:+.2f} (gold spread max "
+                                  f"{c['pgu'].readout(s).spread_max or 0:.2f})"))
+    for method in ("pgu", "mu-mis"):
+        claim(method, "many times (>= 10x) faster than the gold retrain", "fashion-mnist-random",
+              lambda c, m=method: (c[m].timings["speedup_vs_gold"] >= 10,
+                                   f"speed-up {c[m].timings['speedup_vs_gold']:.1f}x"))
+    claim("MU-Mis", "full class: forget accuracy ~0 with retain accuracy kept (within 5 points of original)",
+          "fashion-mnist-class",
+          lambda c: (value(c["mu-mis"], "forget_error") > 90 and
+                     retain_acc(c["mu-mis"]) > 100 - value(c["mu-mis"], "retain_error", "original") - 5,
+                     f"forget error {value(c['mu-mis'], 'forget_error'):.1f}, retain acc {retain_acc(c['mu-mis']):.1f}"))
+    claim("NatMU", "random subset: forget accuracy near gold's, unlike random labels; lower AvgGap",
+          "fashion-mnist-random",
+          lambda c: (abs(c["natmu"].readout("forget_error").gap) < abs(c["random-label"].readout("forget_error").gap)
+                     and value(c["natmu"], "avg_gap") < value(c["random-label"], "avg_gap"),
+                     f"|forget gap| {abs(c['natmu'].readout('forget_error').gap):.2f} vs random-label "
+                     f"{abs(c['random-label'].readout('forget_error').gap):.2f}; AvgGap "
+                     f"{value(c['natmu'], 'avg_gap'):.2f} vs {value(c['random-label'], 'avg_gap'):.2f}"))
+    claim("TMU", "aligned forgetting: smaller Delta = |forget acc - gold| and activation distance than finetune",
+          "fashion-mnist-random",
+          lambda c: (abs(c["tmu"].readout("forget_error").gap) <= abs(c["finetune"].readout("forget_error").gap)
+                     and value(c["tmu"], "activation_distance") <= value(c["finetune"], "activation_distance"),
+                     f"Delta {abs(c['tmu'].readout('forget_error').gap):.2f} vs finetune "
+                     f"{abs(c['finetune'].readout('forget_error').gap):.2f}; activation distance "
+                     f"{value(c['tmu'], 'activation_distance'):.4f} vs {value(c['finetune'], 'activation_distance'):.4f}"))
+    return out
+
+
+def run_task(name: str, cache: TensorCache) -> dict[str, Scorecard]:
+    attack = load_by_name(ATTACKS, "loss")
+    start = time.perf_counter()
+    setup = prepare(task_for(name), gold_count=2, cache=cache, device=torch.device("cuda" if torch.cuda.is_available()
+                                                                                   else "cpu"))
+    print(f"[{name}] original and gold models ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    cards = {}
+    for label, method, params in RUNS[name]:
+        run = run_method(setup, load_by_name(METHODS, method), params)
+        cards[label] = build_scorecard(setup, run, attack)
+        print(f"[{name}] {label}: {run.seconds:.1f} s", file=sys.stderr)
+    return cards
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", default=None, help="model cache (default: a fresh temporary directory)")
+    parser.add_argument("--only", choices=sorted(RUNS), action="append", help="run only these tasks")
+    args = parser.parse_args()
+    cache = TensorCache(args.cache_dir or tempfile.mkdtemp(prefix="muaudit-papers-"))
+    cards = {name: run_task(name, cache) for name in (args.only or list(RUNS))}
+    checks = claims(cards)
+    OUT.mkdir(parents=True, exist_ok=True)
+    lines = ["# Papers' headline claims on Fashion-MNIST (small CNN)", "",
+             "Produced by `python reports/scripts/papers_fmnist.py`; every number is from one run.", "",
+             "| paper | claim | task | reproduced | evidence |", "|---|---|---|---|---|"]
+    lines += [f"| {c['paper']} | {c['claim']} | {c['task']} | {'yes' if c['reproduced'] else 'NO'} | "
+              f"{c['evidence']} |" for c in checks]
+    for name, per_task in cards.items():
+        renamed = [replace(card, method={**card.method, "name": label}) for label, card in per_task.items()]
+        lines += ["", f"## {name}", "", comparison_table(renamed)]
+    (OUT / "fashion-mnist.md").write_text("\n".join(lines) + "\n")
+    payload = {"claims": checks, "scorecards": {t: {k: v.to_dict() for k, v in c.items()} for t, c in cards.items()}}
+    (OUT / "fashion-mnist.json").write_text(json.dumps(payload, indent=1, sort_keys=True, allow_nan=False))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
