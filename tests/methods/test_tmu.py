@@ -21,15 +21,6 @@ from muaudit_methods import tmu as T
 FAST = {"preset": "digits", "twin_epochs": 2, "classifier_epochs": 20, "epochs": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models here run fastest single-threaded (2 shared cores); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run_direct(setup, params, seed=0, model=None, validation=None):
     """Call ``unlearn`` directly (to read ``last_report``) with the data ``run_method`` would hand over."""
     method = load_method("tmu").cls(**params)
