@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -20,8 +19,10 @@ from muaudit.zoo import build_model
 from muaudit_methods.pgu import (COV, CLASS_COUNTS, PGU, core_rank, input_covariances, pgu_loss,
                                  weight_layers)
 
-#: Digits settings (the "digits" preset) with a shorter schedule where a test needs one.
+#: The digits preset (gamma 0.8, lr 0.5 -> 0.1, batch 32): sample removal stops within a few epochs.
 FAST = {"preset": "digits"}
+#: NegGrad's lr at which it forgets about as much as PGU's digits preset (forget accuracy 96.0% vs 96.8%).
+NEGGRAD_LR = 0.15
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -64,9 +65,9 @@ def test_needs_do_not_include_retain():
 def test_paper_defaults_are_kept():
     method = PGU()
     assert {k: method.setting(k) for k in ("gamma", "start_lr", "end_lr", "epochs", "epsilon", "lam",
-                                           "batch_size")} == {
+                                           "batch_size", "early_stop_drop")} == {
         "gamma": 0.95, "start_lr": 0.05, "end_lr": 0.01, "epochs": 100, "epsilon": 0.05, "lam": 0.2,
-        "batch_size": 128}
+        "batch_size": 128, "early_stop_drop": 5.0}
     poison = PGU(depoison=True)
     assert (poison.setting("start_lr"), poison.setting("end_lr"), poison.setting("epsilon"),
             poison.setting("lam")) == (0.1, 0.05, 0.1, -0.2)
@@ -188,9 +189,6 @@ def test_retain_outputs_move_less_than_neggrad(digits_setup):
     assert accuracy(pgu.retain_logits, pgu.retain_labels) >= accuracy(o.retain_logits, o.retain_labels) - 0.02
 
 
-#: NegGrad's lr at which it forgets about as much as PGU's digits preset (forget accuracy 96.0% vs 96.8%).
-NEGGRAD_LR = 0.15
-
 
 def test_batchnorm_and_biases_untouched_on_a_conv_model(digits_setup):
     setup = digits_setup
@@ -232,6 +230,12 @@ def test_auto_mode_detects_class_removal(digits_class_setup, digits_setup):
     data = MethodData("pgu", setup.forget, validation=setup.data.val, train_stats=stats)
     model = method.unlearn(copy.deepcopy(setup.original), data, ctx)
     assert method.last_steps[0].mode == "class"
+    forget_cov = input_covariances(copy.deepcopy(setup.original), setup.forget, ctx.device)
+    for layer in ("net.1", "net.3", "net.5"):  # class removal: the unlearn_class.py rank rule (k + 1)
+        delta = model.state_dict()[layer + ".weight"] - setup.original.state_dict()[layer + ".weight"]
+        basis = _core_basis(stats[COV + layer], forget_cov[layer], method.setting("gamma"), plus_one=True)
+        assert method.last_steps[0].ranks[layer][0] == basis.shape[1]
+        assert _relative_leak(delta, basis) < 1e-4, layer
     o, u = setup.outputs(setup.original), setup.outputs(model)
     assert accuracy(u.forget_logits, u.forget_labels) < 0.1
     assert accuracy(u.retain_logits, u.retain_labels) >= accuracy(o.retain_logits, o.retain_labels) - 0.03
