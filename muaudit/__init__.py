@@ -17,6 +17,7 @@ _EXPORTS = {
     "MethodData": "muaudit.base",
     "MethodContext": "muaudit.base",
     "ModelOutputs": "muaudit.base",
+    "AttackContext": "muaudit.base",
     "AttackScores": "muaudit.base",
     "Param": "muaudit.params",
     "Interval": "muaudit.params",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from muaudit import readouts as R
-from muaudit.base import MembershipAttack, MethodContext, MethodData, ModelOutputs, UnlearningMethod
+from muaudit.base import AttackContext, MembershipAttack, MethodContext, MethodData, ModelOutputs, UnlearningMethod
 from muaudit.cache import TensorCache
 from muaudit.checkpoint import Checkpoint, load_checkpoint, load_into, state_dict_sha256
 from muaudit.data import DataBundle, Split
@@ -387,7 +387,7 @@ def _attack_readouts(name: str, metrics: dict[str, list[AttackMetrics]]) -> list
 
 
 def _attack_on(attack: MembershipAttack, outputs: ModelOutputs, seed: int) -> tuple[AttackMetrics, dict[str, Any]]:
-    scores = attack.score(outputs, seed)
+    scores = attack.score(outputs, AttackContext(attack.display_name(), seed))
     return attack_metrics(scores.members, scores.nonmembers, scores.threshold), scores.settings
 
 

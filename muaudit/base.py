@@ -3,8 +3,10 @@
 A method is a class with declarations (``name``, ``summary``, ``paper``, ``needs``, ``params``) and an
 :meth:`UnlearningMethod.unlearn` that receives a *copy* of the original model, a :class:`MethodData` holding only
 the data it declared, and a :class:`MethodContext`. An attack is a class whose :meth:`MembershipAttack.score`
-returns per-example membership scores (higher = member); metrics are computed centrally in
-:mod:`muaudit.metrics`, never by the plugin.
+returns per-example membership scores (higher = member) from a model's :class:`ModelOutputs` and an
+:class:`AttackContext` that, like :class:`MethodData`, only hands out what the attack declared in its ``needs``
+(the shadow-model bank, the method under audit); metrics are computed centrally in :mod:`muaudit.metrics`, never
+by the plugin.
 """
 from __future__ import annotations
 
@@ -168,9 +170,76 @@ class AttackScores:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+#: What an attack may declare beyond the audited model's outputs, which every attack receives.
+ATTACK_NEEDS: Mapping[str, str] = {
+    "shadows": "the shadow-model bank (extra models trained with the task's recipe, cached; costly)",
+    "method": "the method under audit, to unlearn shadow models (U-LiRA)",
+}
+
+#: The roles of the audited models: an attack scores each of them with the same fitted machinery.
+ROLES = ("unlearned", "original", "gold")
+
+
+class AttackContext:
+    """What an attack may use besides the audited model's outputs.
+
+    ``seed`` fixes every random choice of the attack; ``role`` says which model is being scored (the unlearned
+    model, the original or a gold model: the same attack is applied to each, for the gold-relative readouts);
+    ``forget_indices`` are D_f's indices in the training split and ``n_classes`` the class count. The shadow bank
+    and the method under audit are only reachable when declared in the attack's ``needs``; asking for anything
+    else raises :class:`~muaudit.errors.UndeclaredDataError`. ``task`` and ``data`` describe the audit (the data
+    the shadows train on); they are ``None`` in stand-alone use on outputs only.
+    """
+
+    def __init__(self, attack: str, seed: int, role: str = "unlearned", *, needs: frozenset[str] = frozenset(),
+                 forget_indices: np.ndarray | None = None, n_classes: int | None = None, task: Any = None,
+                 data: Any = None, bank: Any = None, unlearner: Any = None) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        self.attack, self.seed, self.role, self._needs = attack, int(seed), role, frozenset(needs)
+        self.forget_indices = None if forget_indices is None else np.asarray(forget_indices, dtype=np.int64)
+        self.n_classes, self.task, self.data = n_classes, task, data
+        self._available = {"shadows": bank, "method": unlearner}
+
+    def with_role(self, role: str) -> "AttackContext":
+        """The same context for another audited model."""
+        other = AttackContext.__new__(AttackContext)
+        other.__dict__.update(self.__dict__)
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        other.role = role
+        return other
+
+    def _get(self, need: str) -> Any:
+        if need not in self._needs:
+            raise UndeclaredDataError(
+                f"attack {self.attack!r} asked for {need!r} but did not declare it in its 'needs'")
+        value = self._available[need]
+        if value is None:
+            raise UndeclaredDataError(f"attack {self.attack!r} needs {need!r}, which this audit does not provide")
+        return value
+
+    @property
+    def bank(self) -> Any:
+        """The :class:`muaudit.shadows.ShadowBank` of this audit (needs ``"shadows"``)."""
+        return self._get("shadows")
+
+    @property
+    def unlearner(self) -> Any:
+        """The method under audit as a :class:`muaudit.shadows.ShadowUnlearner` (needs ``"method"``)."""
+        return self._get("method")
+
+
 class MembershipAttack(_Plugin, ABC):
-    """Base class of membership-inference attacks (entry-point group ``muaudit.attacks``)."""
+    """Base class of membership-inference attacks (entry-point group ``muaudit.attacks``).
+
+    An attack instance is used for every role of one audit (unlearned, original, gold models), so it may memoise
+    work that does not depend on the scored model (fitted shadows, classifiers) on ``self``.
+    """
+
+    #: What the attack needs beyond the scored model's outputs: a subset of :data:`ATTACK_NEEDS`.
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
-    def score(self, outputs: ModelOutputs, seed: int) -> AttackScores:
-        """Score the forget set (members) and the test split (non-members) from ``outputs``."""
+    def score(self, outputs: ModelOutputs, ctx: AttackContext) -> AttackScores:
+        """Score the forget set (members) against held-out non-members from ``outputs`` (and ``ctx``)."""

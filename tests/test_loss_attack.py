@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from muaudit.base import AttackScores, ModelOutputs
+from muaudit.base import AttackContext, AttackScores, ModelOutputs
 from muaudit.metrics import attack_metrics
 from muaudit_attacks.loss import LossThresholdAttack, negative_loss
 
@@ -83,7 +83,7 @@ def test_orientation_members_with_low_loss_score_higher():
     retain = synthetic(800, 10, 10.0, rng)
     test = synthetic(800, 10, 0.0, rng)      # no signal on the label: high loss (non-members)
     outputs = ModelOutputs(*forget, *retain, *test)
-    scores = LossThresholdAttack().score(outputs, seed=3)
+    scores = LossThresholdAttack().score(outputs, AttackContext("loss", 3))
     assert isinstance(scores, AttackScores)
     np.testing.assert_allclose(scores.members, o_neg_ce(*forget), rtol=1e-12, atol=1e-12)
     assert scores.members.mean() > scores.nonmembers.mean()
@@ -92,7 +92,7 @@ def test_orientation_members_with_low_loss_score_higher():
     assert metrics.auc == pytest.approx(o_auc(scores.members, scores.nonmembers), abs=1e-12)
     assert metrics.member_rate > 0.9 and metrics.balanced_accuracy > 0.9
     # reversing the roles (members = high loss) must flip the AUC below 0.5
-    flipped = LossThresholdAttack().score(ModelOutputs(*test, *retain, *forget), seed=3)
+    flipped = LossThresholdAttack().score(ModelOutputs(*test, *retain, *forget), AttackContext("loss", 3))
     assert attack_metrics(flipped.members, flipped.nonmembers, None).auc < 0.05
 
 
@@ -101,7 +101,7 @@ def test_orientation_members_with_low_loss_score_higher():
 def test_null_same_distribution_gives_chance_auc(data_seed):
     rng = np.random.default_rng(data_seed)
     forget, retain, test = (synthetic(n, 10, 1.5, rng) for n in (2000, 3000, 4000))
-    scores = LossThresholdAttack().score(ModelOutputs(*forget, *retain, *test), seed=data_seed)
+    scores = LossThresholdAttack().score(ModelOutputs(*forget, *retain, *test), AttackContext("loss", data_seed))
     n1, n2 = len(scores.members), len(scores.nonmembers)
     assert (n1, n2) == (2000, 2000)
     auc = attack_metrics(scores.members, scores.nonmembers, scores.threshold).auc
@@ -133,7 +133,7 @@ def test_known_answer_split_threshold_and_scores():
     seed = 0
     order = np.random.default_rng(seed).permutation(6)
     np.testing.assert_array_equal(order, [3, 2, 5, 4, 0, 1])  # fit half {3, 2, 5}, eval half {4, 0, 1}
-    scores = LossThresholdAttack().score(outputs, seed=seed)
+    scores = LossThresholdAttack().score(outputs, AttackContext("loss", seed))
 
     # members: the forget set, in order; non-members: test examples 4, 0, 1 in that order
     np.testing.assert_allclose(scores.members, cf["forget"], rtol=1e-14)
@@ -165,18 +165,18 @@ def test_split_follows_seeded_permutation(seed):
     assert len(set(test_scores.tolist())) == 11
     order = np.random.default_rng(seed).permutation(11)
     fit_idx, eval_idx = order[:5], order[5:]
-    scores = LossThresholdAttack().score(outputs, seed=seed)
+    scores = LossThresholdAttack().score(outputs, AttackContext("loss", seed))
     np.testing.assert_allclose(scores.nonmembers, test_scores[eval_idx], rtol=1e-12)
     expected_t = o_best_threshold(o_neg_ce(*retain), test_scores[fit_idx])
     assert scores.threshold == pytest.approx(expected_t, rel=1e-12)
-    again = LossThresholdAttack().score(outputs, seed=seed)
+    again = LossThresholdAttack().score(outputs, AttackContext("loss", seed))
     np.testing.assert_array_equal(again.nonmembers, scores.nonmembers)
     assert again.threshold == scores.threshold
 
 
 def test_settings_record_the_knobs():
     outputs, _ = crafted_outputs()
-    settings = LossThresholdAttack().score(outputs, seed=5).settings
+    settings = LossThresholdAttack().score(outputs, AttackContext("loss", 5)).settings
     assert settings["split_seed"] == 5
     assert settings["signal"] == "-cross-entropy (float64)"
     assert settings["fit_members"] == "D_r (4)"

@@ -136,4 +136,4 @@ def test_third_party_package_is_installed_and_listed(capsys):
     assert specs["confidence"].dist == "muaudit-example-plugin"
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "weight-shrink" in out and "muaudit-example-plugin 0.3.0" in out
+    assert "weight-shrink" in out and "muaudit-example-plugin 0.4.0" in out

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
-from muaudit.base import AttackScores, MembershipAttack, ModelOutputs
+from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
 from muaudit.metrics import best_balanced_threshold
 
 
@@ -36,7 +36,8 @@ class LossThresholdAttack(MembershipAttack):
     summary = "Loss-threshold MIA (score = -loss), threshold fitted on D_r vs held-out test examples."
     paper = "Yeom, Giacomelli, Fredrikson, Jha: Privacy Risk in Machine Learning (CSF 2018)"
 
-    def score(self, outputs: ModelOutputs, seed: int) -> AttackScores:
+    def score(self, outputs: ModelOutputs, ctx: AttackContext) -> AttackScores:
+        seed = ctx.seed
         test = negative_loss(outputs.test_logits, outputs.test_labels)
         order = np.random.default_rng(seed).permutation(len(test))
         fit_idx, eval_idx = order[: len(test) // 2], order[len(test) // 2 :]

@@ -11,7 +11,7 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from muaudit import AttackScores, Interval, MembershipAttack, MethodContext, MethodData, ModelOutputs, Param
+from muaudit import AttackContext, AttackScores, Interval, MembershipAttack, MethodContext, MethodData, ModelOutputs, Param
 from muaudit import UnlearningMethod
 
 
@@ -33,7 +33,7 @@ class ConfidenceAttack(MembershipAttack):
     summary = "Membership score = softmax probability of the true label (no threshold)."
     paper = "Example plugin (after Song & Mittal 2021)"
 
-    def score(self, outputs: ModelOutputs, seed: int) -> AttackScores:
+    def score(self, outputs: ModelOutputs, ctx: AttackContext) -> AttackScores:
         def conf(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
             p = softmax(logits.double().numpy(), axis=1)
             return p[np.arange(len(labels)), labels.numpy()]
