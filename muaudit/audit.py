@@ -7,24 +7,26 @@ share (``muaudit compare``); :func:`run_method` applies one method to a private 
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from muaudit import readouts as R
+from muaudit import verdicts as V
 from muaudit.base import AttackContext, MembershipAttack, MethodContext, MethodData, ModelOutputs, UnlearningMethod
 from muaudit.cache import TensorCache
 from muaudit.checkpoint import Checkpoint, load_checkpoint, load_into, state_dict_sha256
 from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError, TaskError
-from muaudit.metrics import AttackMetrics, attack_metrics
+from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
 from muaudit.plugins import LoadedPlugin
 from muaudit.results import AttackReport, Readout, Scorecard
 from muaudit.task import ModelSpec, Task
@@ -55,6 +57,8 @@ class AuditSetup:
     cache: TensorCache
     progress: bool = False
     _outputs: dict[int, ModelOutputs] = field(default_factory=dict, repr=False)
+    _attack_memo: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+    _bank: Any = field(default=None, repr=False)
 
     @cached_property
     def train(self) -> Split:
@@ -369,26 +373,149 @@ def _metrics_dict(m: AttackMetrics) -> dict[str, Any]:
 
 
 _ATTACK_FIELDS = (
-    ("auc", "AUC of D_f (members) vs test (non-members) scores; gold ~ 0.5", None),
+    ("auc", "AUC of D_f (members) vs non-member scores; gold ~ 0.5 on a random subset", None),
     ("member_rate", "fraction of D_f the attack calls member at its threshold", None),
-    ("balanced_accuracy", "balanced accuracy of D_f vs test at the attack's threshold", None),
+    ("balanced_accuracy", "balanced accuracy of D_f vs non-members at the attack's threshold", None),
     ("tpr_at_1pct_fpr", "TPR at 1% FPR (None: insufficient negatives)", None),
     ("tpr_at_01pct_fpr", "TPR at 0.1% FPR (None: insufficient negatives)", None),
 )
 
 
-def _attack_readouts(name: str, metrics: dict[str, list[AttackMetrics]]) -> list[Readout]:
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack applied to one model: its scores' metrics, intervals, ROC summary and settings."""
+
+    metrics: AttackMetrics
+    intervals: MetricIntervals
+    roc: dict[str, list]
+    settings: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(self.metrics), "intervals": asdict(self.intervals)}
+
+
+@dataclass(frozen=True)
+class AttackResults:
+    """An attack on the unlearned, original and every gold model of one audit."""
+
+    plugin: LoadedPlugin
+    params: dict[str, Any]
+    unlearned: AttackRun
+    original: AttackRun
+    golds: tuple[AttackRun, ...]
+
+    @property
+    def name(self) -> str:
+        return self.plugin.spec.name
+
+
+class ShadowUnlearner:
+    """The method under audit, applied to shadow models (U-LiRA): same parameters, each shadow's own data.
+
+    A shadow trained on pool examples ``train_idx`` forgets ``forget_idx`` (a subset): the method receives only
+    what it declared, built from that shadow's own training set (retain = ``train_idx`` minus ``forget_idx``,
+    training statistics computed on ``train_idx`` with the shadow model), the task's validation split, and a seed
+    derived from the shadow's. ``label`` identifies the method and its settings in cache keys.
+    """
+
+    def __init__(self, setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], seed: int) -> None:
+        self.setup, self.plugin, self.params, self.seed = setup, plugin, dict(params), seed
+        method = plugin.cls(**params)
+        self.label = {"method": plugin.spec.qualified_name, "version": plugin.spec.version,
+                      "params": method.hparams.as_dict(), "seed": seed}
+
+    def unlearn(self, model: nn.Module, pool: Split, train_idx: np.ndarray, forget_idx: np.ndarray,
+                shadow_seed: int) -> nn.Module:
+        setup, needs = self.setup, self.plugin.cls.needs
+        method: UnlearningMethod = self.plugin.cls(**self.params)
+        seed = derive_seed(self.seed, "shadow", shadow_seed)
+        ctx = method_context(setup, seed, None)
+        forget_set = set(np.asarray(forget_idx).tolist())
+        retain_idx = np.array([i for i in np.asarray(train_idx).tolist() if i not in forget_set], dtype=np.int64)
+        stats = (method.compute_train_stats(copy.deepcopy(model), pool.subset(train_idx), ctx)
+                 if "train_stats" in needs else None)
+        data = MethodData(self.plugin.spec.name, pool.subset(forget_idx),
+                          retain=pool.subset(retain_idx) if "retain" in needs else None,
+                          validation=setup.data.val if "validation" in needs else None, train_stats=stats)
+        model = copy.deepcopy(model).to(setup.device)
+        torch.manual_seed(derive_seed(seed, "torch"))
+        result = method.unlearn(model, data, ctx)
+        _check_result(self.plugin, model, result)
+        return result.eval()
+
+
+def shadow_bank(setup: AuditSetup) -> Any:
+    """The audit's :class:`~muaudit.shadows.ShadowBank` (created on first use, shared by every attack)."""
+    if setup._bank is None:
+        from muaudit.shadows import ShadowBank
+
+        setup._bank = ShadowBank(setup.task, setup.data, setup.cache, setup.device, progress=setup.progress)
+    return setup._bank
+
+
+def attack_context(setup: AuditSetup, plugin: LoadedPlugin, seed: int, role: str,
+                   unlearner: ShadowUnlearner | None) -> AttackContext:
+    needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
+    return AttackContext(plugin.spec.name, seed, role, needs=needs,
+                         forget_indices=np.asarray(setup.task.forget_indices or (), dtype=np.int64),
+                         n_classes=setup.data.n_classes, task=setup.task, data=setup.data,
+                         bank=shadow_bank(setup) if "shadows" in needs else None,
+                         unlearner=unlearner if "method" in needs else None)
+
+
+def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackContext) -> AttackRun:
+    scores = attack.score(outputs, ctx)
+    members = np.asarray(scores.members, dtype=np.float64)
+    nonmembers = np.asarray(scores.nonmembers, dtype=np.float64)
+    for label, values in (("member", members), ("non-member", nonmembers)):
+        if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
+            raise PluginValidationError(f"attack {ctx.attack!r} returned invalid {label} scores (need a non-empty "
+                                        f"1-D array of finite numbers)")
+    metrics = attack_metrics(members, nonmembers, scores.threshold)
+    intervals = confidence_intervals(members, nonmembers, metrics.threshold, derive_seed(ctx.seed, "ci", ctx.role))
+    return AttackRun(metrics, intervals, roc_summary(members, nonmembers), dict(scores.settings))
+
+
+def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun, params: dict[str, Any] | None = None
+               ) -> AttackResults:
+    """Apply one attack to the unlearned, original and gold models (the last two memoised per attack)."""
+    params = dict(params or {})
+    attack: MembershipAttack = plugin.cls(**params)
+    seed = derive_seed(setup.task.seed, "attack")
+    needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
+    unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if "method" in needs else None
+    key = (plugin.spec.qualified_name, json.dumps(attack.hparams.as_dict(), sort_keys=True, default=str),
+           json.dumps(unlearner.label, sort_keys=True, default=str) if unlearner else "")
+
+    def on(model: nn.Module, role: str) -> AttackRun:
+        return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner))
+
+    unlearned = on(run.model, "unlearned")
+    if key not in setup._attack_memo:
+        setup._attack_memo[key] = (on(setup.original, "original"),
+                                   tuple(on(g.model, "gold") for g in setup.golds))
+    original, golds = setup._attack_memo[key]
+    return AttackResults(plugin, attack.hparams.as_dict(), unlearned, original, golds)
+
+
+def _attack_readouts(res: AttackResults) -> list[Readout]:
     out = []
     for key, desc, hib in _ATTACK_FIELDS:
-        golds = [getattr(m, key) for m in metrics["gold"]]
-        out.append(_model_readout(f"mia_{name}_{key}", "fraction", hib, f"{name} attack: {desc}",
-                                  golds, getattr(metrics["unlearned"][0], key), getattr(metrics["original"][0], key)))
+        golds = [getattr(g.metrics, key) for g in res.golds]
+        out.append(_model_readout(f"mia_{res.name}_{key}", "fraction", hib, f"{res.name} attack: {desc}",
+                                  golds, getattr(res.unlearned.metrics, key), getattr(res.original.metrics, key)))
     return out
 
 
-def _attack_on(attack: MembershipAttack, outputs: ModelOutputs, seed: int) -> tuple[AttackMetrics, dict[str, Any]]:
-    scores = attack.score(outputs, AttackContext(attack.display_name(), seed))
-    return attack_metrics(scores.members, scores.nonmembers, scores.threshold), scores.settings
+def _attack_report(res: AttackResults) -> AttackReport:
+    spec = res.plugin.spec
+    return AttackReport(spec.name, spec.dist, spec.version, {"params": res.params, **res.unlearned.settings},
+                        res.unlearned.as_dict(), res.original.as_dict(), res.golds[0].as_dict(),
+                        golds=[g.as_dict() for g in res.golds],
+                        roc={"unlearned": res.unlearned.roc, "original": res.original.roc, "gold": res.golds[0].roc},
+                        needs=sorted(getattr(res.plugin.cls, "needs", ())))
 
 
 def _avg_gap_terms(o: ModelOutputs, m: AttackMetrics) -> dict[str, float]:
@@ -398,41 +525,71 @@ def _avg_gap_terms(o: ModelOutputs, m: AttackMetrics) -> dict[str, float]:
             "mia": 100 * m.member_rate}
 
 
+def _avg_gap_readout(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
+                     attacks: Sequence[AttackResults]) -> Readout:
+    """NatMU's AvgGap; its MIA term uses ``entropy-lr`` (NatMU's own MIA) when audited, else the first attack."""
+    res = next((a for a in attacks if a.name == "entropy-lr"), attacks[0])
+    gaps_gold = [_avg_gap_terms(g, m.metrics) for g, m in zip(golds, res.golds)]
+    return _distance_readout(
+        "avg_gap", _PCT, f"NatMU AvgGap: mean |gap| to gold of test, retain and forget accuracy and the "
+        f"{res.name} attack's D_f member rate (MIA term), in %",
+        R.avg_gap(_avg_gap_terms(u, res.unlearned.metrics), gaps_gold[0]),
+        R.avg_gap(_avg_gap_terms(o, res.original.metrics), gaps_gold[0]),
+        [R.avg_gap(g, gaps_gold[0]) for g in gaps_gold[1:]])
+
+
 def _entropy_histograms(outputs: dict[str, ModelOutputs], n_classes: int) -> dict[str, Any]:
     bins = np.linspace(0.0, float(np.log(n_classes)), 21)
     return {"bin_edges": bins.tolist(),
             **{k: np.histogram(R.entropies(v.forget_logits), bins=bins)[0].tolist() for k, v in outputs.items()}}
 
 
-def build_scorecard(setup: AuditSetup, run: MethodRun, attack_plugin: LoadedPlugin) -> Scorecard:
-    """Every readout of ``run`` beside the original and gold models, with the gold-vs-gold spread."""
+def streisand_verdicts(setup: AuditSetup, u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
+                       attacks: Sequence[AttackResults]) -> list[V.Verdict]:
+    """Every over/under-forgetting check of :mod:`muaudit.verdicts` for one unlearned model."""
+    def acc(m: ModelOutputs) -> float:
+        return R.accuracy(m.forget_logits, m.forget_labels)
+
+    correct = (u.forget_logits.argmax(1) == u.forget_labels).numpy()
+    out = [V.forget_accuracy_verdict(correct, [acc(g) for g in golds], acc(o)),
+           V.forget_entropy_verdict(R.entropies(u.forget_logits), [R.entropies(g.forget_logits) for g in golds],
+                                    R.entropies(o.forget_logits), derive_seed(setup.task.seed, "verdict"))]
+    for res in attacks:
+        m = res.unlearned
+        out += V.attack_verdicts(res.name, m.metrics.auc, m.intervals.auc, [g.metrics.auc for g in res.golds],
+                                 res.original.metrics.auc, m.metrics.member_rate, m.intervals.member_rate,
+                                 [g.metrics.member_rate for g in res.golds], res.original.metrics.member_rate)
+    return out
+
+
+AttackSpec = LoadedPlugin | tuple[LoadedPlugin, dict[str, Any]]
+
+
+def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Sequence[AttackSpec]) -> Scorecard:
+    """Every readout of ``run`` beside the original and gold models, with the gold-vs-gold spread.
+
+    ``attacks``: one or more attack plugins, each optionally with its parameters (``(plugin, params)``).
+    """
+    specs = [attacks] if isinstance(attacks, (LoadedPlugin, tuple)) else list(attacks)
+    if not specs:
+        raise TaskError("at least one membership attack is needed for the scorecard")
+    pairs = [(a, {}) if isinstance(a, LoadedPlugin) else a for a in specs]
     u, o = setup.outputs(run.model), setup.outputs(setup.original)
     golds = [setup.outputs(g.model) for g in setup.golds]
-    attack: MembershipAttack = attack_plugin.cls()
-    attack_seed = derive_seed(setup.task.seed, "attack")
-    results = {"unlearned": [_attack_on(attack, u, attack_seed)], "original": [_attack_on(attack, o, attack_seed)],
-               "gold": [_attack_on(attack, g, attack_seed) for g in golds]}
-    metrics = {k: [m for m, _ in v] for k, v in results.items()}
-    gaps_gold = [_avg_gap_terms(g, m) for g, m in zip(golds, metrics["gold"])]
-    avg = _distance_readout(
-        "avg_gap", _PCT, f"NatMU AvgGap: mean |gap| to gold of test, retain and forget accuracy and the "
-        f"{attack_plugin.spec.name} attack's D_f member rate (MIA term), in %",
-        R.avg_gap(_avg_gap_terms(u, metrics["unlearned"][0]), gaps_gold[0]),
-        R.avg_gap(_avg_gap_terms(o, metrics["original"][0]), gaps_gold[0]),
-        [R.avg_gap(g, gaps_gold[0]) for g in gaps_gold[1:]])
+    results = [run_attack(setup, plugin, run, params) for plugin, params in pairs]
     readouts = (_accuracy_readouts(u, o, golds) + _clean_label_readout(setup, u, o, golds)
                 + _output_distance_readouts(u, o, golds)
                 + _entropy_readouts(u, o, golds)
                 + _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])
-                + _attack_readouts(attack_plugin.spec.name, metrics) + [avg])
-    report = AttackReport(attack_plugin.spec.name, attack_plugin.spec.dist, attack_plugin.spec.version,
-                          results["unlearned"][0][1], _metrics_dict(metrics["unlearned"][0]),
-                          _metrics_dict(metrics["original"][0]), _metrics_dict(metrics["gold"][0]))
+                + [r for res in results for r in _attack_readouts(res)] + [_avg_gap_readout(u, o, golds, results)])
+    verdicts = streisand_verdicts(setup, u, o, golds, results)
     return Scorecard(
-        method=_method_info(run), task=_task_info(setup.task), readouts=tuple(readouts), attacks=(report,),
+        method=_method_info(run), task=_task_info(setup.task), readouts=tuple(readouts),
+        attacks=tuple(_attack_report(res) for res in results),
         entropy_histograms=_entropy_histograms({"original": o, "gold": golds[0], "unlearned": u},
                                                setup.data.n_classes),
-        provenance=_provenance(setup, run, attack_plugin, attack_seed), timings=_timings(setup, run))
+        provenance=_provenance(setup, run, [res.plugin for res in results], derive_seed(setup.task.seed, "attack")),
+        timings=_timings(setup, run), verdicts=tuple(verdicts), verdict_summary=V.summary(verdicts))
 
 
 def _method_info(run: MethodRun) -> dict[str, Any]:
@@ -449,10 +606,11 @@ def _task_info(task: Task) -> dict[str, Any]:
                                                   "val_fraction": task.dataset.val_fraction}}}
 
 
-def _provenance(setup: AuditSetup, run: MethodRun, attack: LoadedPlugin, attack_seed: int) -> dict[str, Any]:
+def _provenance(setup: AuditSetup, run: MethodRun, attacks: Sequence[LoadedPlugin], attack_seed: int
+                ) -> dict[str, Any]:
     source = {k: v for k, v in setup.original_source.items() if k != "train_seconds"}
     return {"versions": versions(), "device": str(setup.device), "method_plugin": run.plugin.provenance(),
-            "attack_plugins": [attack.provenance()], "original": source,
+            "attack_plugins": [a.provenance() for a in attacks], "original": source,
             "seeds": {"task": setup.task.seed, "method": run.seed, "gold": [g.seed for g in setup.golds],
                       "attack": attack_seed},
             "gold_models": len(setup.golds),

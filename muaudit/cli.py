@@ -36,6 +36,10 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
+#: Attacks of a scorecard unless --attacks says otherwise: the population attacks, which need no extra models.
+DEFAULT_ATTACKS = "loss"
+
+
 _EPILOGS = {
     "train": """examples:
   muaudit train --task digits --out original.pt
@@ -71,7 +75,11 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a method hyperparameter (repeatable)")
     p.add_argument("--seed", type=int, help="method seed (default: derived from the task seed)")
-    p.add_argument("--attack", default="loss", help="membership attack for the scorecard (default loss)")
+    p.add_argument("--attacks", "--attack", dest="attacks", default=DEFAULT_ATTACKS, metavar="NAMES",
+                   help=f"comma-separated membership attacks for the scorecard (default {DEFAULT_ATTACKS}; "
+                        "shadow-model attacks such as shadow-xgb, lira, ulira train extra models)")
+    p.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="an attack parameter, e.g. lira.n_shadows=32 (repeatable)")
     p.add_argument("--out", help="directory to write the JSON and Markdown results into")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
@@ -189,43 +197,60 @@ def _load_method(name: str, pairs: Sequence[str]) -> tuple[Any, dict[str, Any]]:
     return plugin, params
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from muaudit.audit import build_scorecard, run_method
+def _load_attacks(names: str, pairs: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+    """The ``--attacks`` plugins with their validated ``--attack-arg`` parameters."""
+    from muaudit.params import parse_param_strings
     from muaudit.plugins import ATTACKS, load_by_name
 
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted or len(set(wanted)) != len(wanted):
+        raise _UsageError("--attacks needs distinct, comma-separated attack names")
+    per_attack = _split_prefixed(wanted, pairs, "--attack-arg ATTACK.KEY=VALUE", "--attacks")
+    loaded = []
+    for name in wanted:
+        plugin = load_by_name(ATTACKS, name)
+        params = parse_param_strings(plugin.spec.name, plugin.cls.params, per_attack[name])
+        plugin.cls(**params)  # validate before any expensive work
+        loaded.append((plugin, params))
+    return loaded
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from muaudit.audit import build_scorecard, run_method
+
     plugin, params = _load_method(args.method, args.method_arg)
-    attack = load_by_name(ATTACKS, args.attack)
+    attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args)
-    card = build_scorecard(setup, run_method(setup, plugin, params, args.seed), attack)
+    card = build_scorecard(setup, run_method(setup, plugin, params, args.seed), attacks)
     if args.out:
         _write_outputs(Path(args.out), {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()})
     print(card.to_json() if args.json else card.to_text())
     return ExitCode.OK
 
 
-def _split_method_args(names: list[str], pairs: Sequence[str]) -> dict[str, list[str]]:
-    per_method: dict[str, list[str]] = {n: [] for n in names}
+def _split_prefixed(names: list[str], pairs: Sequence[str], form: str, option: str) -> dict[str, list[str]]:
+    """Group ``NAME.KEY=VALUE`` strings by NAME (which must be one of ``names``)."""
+    grouped: dict[str, list[str]] = {n: [] for n in names}
     for pair in pairs:
         prefix, dot, rest = pair.partition(".")
-        if not dot or prefix not in per_method:
-            raise _UsageError(f"compare needs --method-arg METHOD.KEY=VALUE with METHOD in --methods, got {pair!r}")
-        per_method[prefix].append(rest)
-    return per_method
+        if not dot or prefix not in grouped:
+            raise _UsageError(f"expected {form} with a name given in {option}, got {pair!r}")
+        grouped[prefix].append(rest)
+    return grouped
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from muaudit.audit import build_scorecard, run_method
-    from muaudit.plugins import ATTACKS, load_by_name
     from muaudit.results import comparison_table
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise _UsageError("--methods needs distinct, comma-separated method names")
-    pairs = _split_method_args(names, args.method_arg)
+    pairs = _split_prefixed(names, args.method_arg, "--method-arg METHOD.KEY=VALUE", "--methods")
     loaded = [_load_method(n, pairs[n]) for n in names]
-    attack = load_by_name(ATTACKS, args.attack)
+    attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args)
-    cards = [build_scorecard(setup, run_method(setup, p, kw, args.seed), attack) for p, kw in loaded]
+    cards = [build_scorecard(setup, run_method(setup, p, kw, args.seed), attacks) for p, kw in loaded]
     table = comparison_table(cards)
     title = (f"# muaudit comparison on task {setup.task.name} [{setup.task.content_hash()[:12]}], "
              f"{len(setup.golds)} gold model(s)\n\n")

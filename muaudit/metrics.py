@@ -4,6 +4,13 @@ Conventions (see the reporting conventions in the project's attack reference): s
 TPR at a false-positive rate alpha is reported only when there are at least ``ceil(1/alpha)`` non-members, else it
 is ``None`` with the reason "insufficient negatives"; balanced accuracy is evaluated at the attack's own
 threshold when it has one, and at the threshold maximising balanced accuracy otherwise (labelled as such).
+
+Confidence intervals (:func:`confidence_intervals`): the member rate at a fixed threshold is a binomial proportion
+and gets the exact Clopper-Pearson interval (``scipy.stats.binomtest``); AUC, balanced accuracy and TPR at 1% FPR
+get percentile bootstrap intervals (``scipy.stats.bootstrap``, members and non-members resampled independently,
+seeded). AUC in the bootstrap is the Mann-Whitney U statistic / (n_members * n_nonmembers) (``scipy.stats.
+mannwhitneyu``, vectorised over resamples), which equals ``roc_auc_score`` (ties count 1/2). The threshold is held
+fixed, as the attack fitted it on other data.
 """
 from __future__ import annotations
 
@@ -11,9 +18,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 LOW_FPRS = (0.01, 0.001)
+#: Confidence level of every interval, and bootstrap resamples (AUC and balanced accuracy; TPR uses fewer).
+CI_LEVEL = 0.95
+N_BOOTSTRAP = 1000
+N_BOOTSTRAP_TPR = 200
+#: Largest number of ROC points kept in a report (log-spaced in FPR, so the low-FPR region stays resolved).
+MAX_ROC_POINTS = 200
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,72 @@ def roc_points(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray,
     labels, scores = _stack(members, nonmembers)
     fprs, tprs, _ = roc_curve(labels, scores)
     return fprs, tprs
+
+
+def roc_summary(members: np.ndarray, nonmembers: np.ndarray, max_points: int = MAX_ROC_POINTS) -> dict[str, list]:
+    """At most ``max_points`` ROC points for a report: the step curve sampled at log-spaced FPRs.
+
+    At each sampled FPR the highest TPR reached with FPR <= it is kept (the ROC step function), so the curve is
+    exact at those FPRs; the smallest FPR sampled is ``1 / n_nonmembers`` (the resolution of the data), plus 0.
+    """
+    fprs, tprs = roc_points(members, nonmembers)
+    floor = 1.0 / max(len(nonmembers), 1)
+    grid = np.unique(np.concatenate([[0.0], np.geomspace(floor, 1.0, max_points - 1)]))
+    sampled = [float(tprs[fprs <= f + 1e-12].max()) for f in grid]
+    return {"fpr": grid.tolist(), "tpr": sampled}
+
+
+@dataclass(frozen=True)
+class MetricIntervals:
+    """Confidence intervals (level ``level``) of an attack's metrics; ``None`` where a metric is undefined."""
+
+    level: float
+    auc: tuple[float, float]
+    balanced_accuracy: tuple[float, float]
+    member_rate: tuple[float, float]
+    tpr_at_1pct_fpr: tuple[float, float] | None
+    method: str = ("AUC, balanced accuracy, TPR@1%: percentile bootstrap (members and non-members resampled "
+                   "independently); member rate: Clopper-Pearson exact")
+
+
+def _auc_statistic(members: np.ndarray, nonmembers: np.ndarray, axis: int = -1) -> np.ndarray:
+    u = stats.mannwhitneyu(members, nonmembers, axis=axis, method="asymptotic", use_continuity=False).statistic
+    return u / (members.shape[axis] * nonmembers.shape[axis])
+
+
+def confidence_intervals(members: np.ndarray, nonmembers: np.ndarray, threshold: float, seed: int,
+                         level: float = CI_LEVEL, n_resamples: int = N_BOOTSTRAP) -> MetricIntervals:
+    """Intervals of AUC, balanced accuracy (at the fixed ``threshold``), member rate and TPR at 1% FPR."""
+    members = np.asarray(members, dtype=np.float64)
+    nonmembers = np.asarray(nonmembers, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+
+    def bootstrap(statistic, resamples: int) -> tuple[float, float]:
+        if len(members) < 2 or len(nonmembers) < 2:  # a single point cannot be resampled meaningfully
+            value = float(statistic(members, nonmembers, axis=-1))
+            return value, value
+        res = stats.bootstrap((members, nonmembers), statistic, n_resamples=resamples, vectorized=True,
+                              paired=False, confidence_level=level, method="percentile", random_state=rng)
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+    def bacc(m: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
+        return ((m >= threshold).mean(axis=axis) + (n < threshold).mean(axis=axis)) / 2.0
+
+    def tpr1(m: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
+        if m.ndim == 1:
+            return np.asarray(tpr_at_fpr(m, n, LOW_FPRS[0]))
+        return np.array([tpr_at_fpr(a, b, LOW_FPRS[0]) for a, b in zip(m, n)])
+
+    hits = int(np.sum(members >= threshold))
+    rate = stats.binomtest(hits, len(members)).proportion_ci(confidence_level=level, method="exact")
+    has_tpr = len(nonmembers) >= math.ceil(1.0 / LOW_FPRS[0])
+    return MetricIntervals(
+        level=level,
+        auc=bootstrap(_auc_statistic, n_resamples),
+        balanced_accuracy=bootstrap(bacc, n_resamples),
+        member_rate=(float(rate.low), float(rate.high)),
+        tpr_at_1pct_fpr=bootstrap(tpr1, N_BOOTSTRAP_TPR) if has_tpr else None,
+    )
 
 
 def _stack(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

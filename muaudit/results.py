@@ -1,8 +1,10 @@
 """Frozen result objects: the scorecard, its JSON schema, and its table renderings.
 
-JSON schema (``schema_version`` "1.0"): ``{"schema_version", "method", "task", "readouts": [Readout...],
-"attacks": [AttackReport...], "entropy_histograms", "provenance", "timings"}``. Everything except ``timings``
-(wall-clock seconds and the creation time) is a deterministic function of the inputs and seeds.
+JSON schema (``schema_version`` "1.1"): ``{"schema_version", "method", "task", "readouts": [Readout...],
+"attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "entropy_histograms", "provenance",
+"timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold metrics and the Streisand verdicts;
+1.0 scorecards (without them) still load. Everything except ``timings`` (wall-clock seconds and the creation time)
+is a deterministic function of the inputs and seeds.
 """
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-SCHEMA_VERSION = "1.0"
+from muaudit.verdicts import Verdict
+
+SCHEMA_VERSION = "1.1"
+READABLE_SCHEMAS = ("1.0", "1.1")
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,12 @@ class Readout:
 
 @dataclass(frozen=True)
 class AttackReport:
-    """An attack's settings and metrics on the unlearned, original and gold models."""
+    """An attack's settings and metrics on the unlearned, original and gold models.
+
+    ``gold`` holds the reference gold model's metrics and ``golds`` every gold model's; each metrics dict carries
+    its confidence ``intervals``. ``roc`` holds at most a few hundred (FPR, TPR) points per model (log-spaced in
+    FPR, for linear and log-log plots).
+    """
 
     name: str
     distribution: str
@@ -58,6 +68,9 @@ class AttackReport:
     unlearned: dict[str, Any]
     original: dict[str, Any]
     gold: dict[str, Any]
+    golds: list[dict[str, Any]] = field(default_factory=list)
+    roc: dict[str, Any] = field(default_factory=dict)
+    needs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,8 @@ class Scorecard:
     entropy_histograms: dict[str, Any]
     provenance: dict[str, Any]
     timings: dict[str, Any]
+    verdicts: tuple[Verdict, ...] = ()
+    verdict_summary: str | None = None
     schema_version: str = SCHEMA_VERSION
 
     def readout(self, name: str) -> Readout:
@@ -83,6 +98,7 @@ class Scorecard:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["readouts"] = [asdict(r) | {"gold_spread": list(r.gold_spread)} for r in self.readouts]
+        out["verdicts"] = [asdict(v) for v in self.verdicts]
         return _clean(out)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -90,12 +106,14 @@ class Scorecard:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Scorecard":
-        if raw.get("schema_version") != SCHEMA_VERSION:
+        if raw.get("schema_version") not in READABLE_SCHEMAS:
             raise ValueError(f"unsupported scorecard schema {raw.get('schema_version')!r}")
         readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"])}) for r in raw["readouts"])
         attacks = tuple(AttackReport(**a) for a in raw["attacks"])
+        verdicts = tuple(Verdict(**{**v, "band": tuple(v["band"]), "interval": tuple(v["interval"])})
+                         for v in raw.get("verdicts", ()))
         return cls(raw["method"], raw["task"], readouts, attacks, raw["entropy_histograms"],
-                   raw["provenance"], raw["timings"], raw["schema_version"])
+                   raw["provenance"], raw["timings"], verdicts, raw.get("verdict_summary"), raw["schema_version"])
 
     def to_pandas(self) -> Any:
         """One row per readout (pandas is imported only here)."""
@@ -119,6 +137,9 @@ class Scorecard:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines += ["", self._timing_line()] + [f"note: {n}" for a in self.attacks for n in a.unlearned["notes"]]
+        if self.verdicts:
+            lines += ["", f"Streisand checks: {self.verdict_summary}"]
+            lines += [f"  {v.check}: {v.verdict}: {v.evidence}" for v in self.verdicts]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -126,7 +147,11 @@ class Scorecard:
         lines = [f"# {self._title()}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_row(r)) + " |" for r in self.readouts]
-        lines += ["", self._timing_line(), "", "Readout definitions:", ""]
+        lines += ["", self._timing_line()]
+        if self.verdicts:
+            lines += ["", f"## Streisand checks: {self.verdict_summary}", "", "| check | verdict | evidence |",
+                      "|---|---|---|"] + [f"| {v.check} | {v.verdict} | {v.evidence} |" for v in self.verdicts]
+        lines += ["", "Readout definitions:", ""]
         lines += [f"- `{r.name}` ({r.unit}): {r.description}" for r in self.readouts]
         lines += ["", f"Provenance: `{json.dumps(self.provenance, sort_keys=True)}`"]
         return "\n".join(lines) + "\n"
@@ -177,4 +202,10 @@ def comparison_table(cards: Sequence[Scorecard]) -> str:
     ratios = [f"{c.timings['method_seconds'] / c.timings['gold_seconds']:.4f}" for c in cards]
     lines.append("| method_seconds | " + " | ".join(times) + f" | {cards[0].timings['gold_seconds']:.3f} | - |")
     lines.append("| time ÷ gold retrain | " + " | ".join(ratios) + " | 1 | - |")
+    if all(c.verdicts for c in cards):
+        lines.append("| **Streisand summary** | " + " | ".join(str(c.verdict_summary) for c in cards) + " | - | - |")
+        for i, first in enumerate(cards[0].verdicts):
+            if all(len(c.verdicts) > i and c.verdicts[i].check == first.check for c in cards):
+                lines.append(f"| verdict {first.check} | " + " | ".join(c.verdicts[i].verdict for c in cards)
+                             + " | - | - |")
     return "\n".join(lines) + "\n"

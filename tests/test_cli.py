@@ -150,6 +150,9 @@ BAD_INPUTS = {
     "unknown task": (lambda o, t: ["--task", "digitz"], 2, "did you mean digits"),
     "bad method arg": (lambda o, t: ["--method-arg", "lr=-1"], 2, "must be a float in the range (0, inf)"),
     "unknown method arg": (lambda o, t: ["--method-arg", "foo=1"], 2, "has no parameter 'foo'"),
+    "attack arg without attack": (lambda o, t: ["--attack-arg", "n=1"], 2, "--attack-arg ATTACK.KEY=VALUE"),
+    "unknown attack arg": (lambda o, t: ["--attack-arg", "loss.foo=1"], 2, "has no parameter 'foo'"),
+    "repeated attack": (lambda o, t: ["--attacks", "loss,loss"], 2, "distinct"),
 }
 
 
@@ -168,6 +171,11 @@ def test_bad_input_gives_one_line_and_no_output(case, original, cache_dir, tmp_p
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, expected, fragment)
     assert not out_dir.exists()
+
+
+def test_unknown_attack_suggests_and_exits_with_plugin_code(capsys):
+    code, _, err = run_cli(["score", "--method", "finetune", "--attacks", "loss,los"], capsys)
+    assert_one_line_error(code, err, 3, "did you mean loss")
 
 
 def test_unknown_method_suggests_and_exits_with_plugin_code(capsys):
