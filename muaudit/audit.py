@@ -432,8 +432,8 @@ class ShadowUnlearner:
         method: UnlearningMethod = self.plugin.cls(**self.params)
         seed = derive_seed(self.seed, "shadow", shadow_seed)
         ctx = method_context(setup, seed, None)
-        forget_set = set(np.asarray(forget_idx).tolist())
-        retain_idx = np.array([i for i in np.asarray(train_idx).tolist() if i not in forget_set], dtype=np.int64)
+        train_idx, forget_idx = np.array(train_idx, dtype=np.int64), np.array(forget_idx, dtype=np.int64)
+        retain_idx = np.setdiff1d(train_idx, forget_idx)
         stats = (method.compute_train_stats(copy.deepcopy(model), pool.subset(train_idx), ctx)
                  if "train_stats" in needs else None)
         data = MethodData(self.plugin.spec.name, pool.subset(forget_idx),
@@ -562,13 +562,71 @@ def streisand_verdicts(setup: AuditSetup, u: ModelOutputs, o: ModelOutputs, gold
     return out
 
 
+def _challenge_summary(score: Any) -> dict[str, Any]:
+    eps = np.asarray(score.epsilons)
+    return {"forgetting_quality": score.forgetting_quality, "score": score.score,
+            "retain_ratio": score.retain_ratio, "test_ratio": score.test_ratio,
+            "epsilon_mean": float(eps.mean()), "epsilon_max": float(eps.max()),
+            "most_exposed_forget_positions": np.argsort(-eps, kind="stable")[:10].tolist(),
+            "n_unlearned": score.n_unlearned, "n_gold": score.n_gold, "max_epsilon": score.max_epsilon,
+            "delta": score.delta, "bin_width": score.bin_width, "notes": list(score.notes)}
+
+
+def challenge_evaluation(setup: AuditSetup, run: MethodRun, n_models: int) -> tuple[list[Readout], dict[str, Any]]:
+    """The NeurIPS 2023 challenge score from ``n_models`` unlearned runs and ``n_models`` gold models.
+
+    The method runs ``n_models`` times on the original with seeds derived from its own; ``2 * n_models`` gold
+    models come from the shadow bank (role ``challenge-gold``, the task's recipe on D_r): the first half is the
+    reference, the second half is scored against it as a stand-in for a perfect unlearner, which gives the noise
+    floor (the challenge's F stays well below 1 even for identical distributions). Signal: logit-scaled confidence
+    on D_f.
+    """
+    from muaudit.challenge import challenge_score
+    from muaudit.shadows import ModelRequest
+
+    bank, task = shadow_bank(setup), setup.task
+    forget = np.asarray(task.forget_indices, dtype=np.int64)
+    retain = np.setdiff1d(np.arange(bank.n_train), forget)
+    golds = [ModelRequest("challenge-gold", retain, derive_seed(task.seed, "challenge-gold", j))
+             for j in range(2 * n_models)]
+
+    def stats_of(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+        return R.logit_scaled_confidence(logits, labels.expand(logits.shape[0], -1))
+
+    def accuracies(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+        return (logits.argmax(-1) == labels).double().mean(-1).numpy()
+
+    gold_phi = stats_of(bank.logits(golds, forget), setup.forget.y)
+    gold_ra = accuracies(bank.logits(golds, retain), setup.retain.y)
+    gold_ta = accuracies(bank.logits(golds, bank.test_index(np.arange(len(setup.data.test)))), setup.data.test.y)
+    outs = [setup.outputs(run_method(setup, run.plugin, run.params, derive_seed(run.seed, "challenge", j)).model)
+            for j in range(n_models)]
+    u_phi = np.stack([R.logit_scaled_confidence(o.forget_logits, o.forget_labels) for o in outs])
+    u_ra = np.array([R.accuracy(o.retain_logits, o.retain_labels) for o in outs])
+    u_ta = np.array([R.accuracy(o.test_logits, o.test_labels) for o in outs])
+    ref, alt = slice(0, n_models), slice(n_models, 2 * n_models)
+    unlearned = challenge_score(u_phi, gold_phi[ref], u_ra, gold_ra[ref], u_ta, gold_ta[ref])
+    floor = challenge_score(gold_phi[alt], gold_phi[ref], gold_ra[alt], gold_ra[ref], gold_ta[alt], gold_ta[ref])
+    desc = (f"NeurIPS 2023 unlearning challenge, {n_models} unlearned vs {n_models} gold models; the gold-vs-gold "
+            f"column scores {n_models} other gold models, i.e. what a perfect unlearner reaches (higher is better)")
+    readouts = [Readout("challenge_forgetting_quality", "distance", "fraction", True, "forgetting quality F; " + desc,
+                        unlearned.forgetting_quality, None, None, None, (floor.forgetting_quality,)),
+                Readout("challenge_score", "distance", "fraction", True, "F x retain and test accuracy ratios to gold; "
+                        + desc, unlearned.score, None, None, None, (floor.score,))]
+    return readouts, {"unlearned": _challenge_summary(unlearned), "gold_vs_gold": _challenge_summary(floor),
+                      "signal": "logit-scaled confidence on D_f", "source": unlearned.source,
+                      "unlearned_seeds": [derive_seed(run.seed, "challenge", j) for j in range(n_models)]}
+
+
 AttackSpec = LoadedPlugin | tuple[LoadedPlugin, dict[str, Any]]
 
 
-def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Sequence[AttackSpec]) -> Scorecard:
+def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Sequence[AttackSpec],
+                    challenge_models: int = 0) -> Scorecard:
     """Every readout of ``run`` beside the original and gold models, with the gold-vs-gold spread.
 
     ``attacks``: one or more attack plugins, each optionally with its parameters (``(plugin, params)``).
+    ``challenge_models`` > 0 adds the NeurIPS 2023 challenge readouts (:func:`challenge_evaluation`).
     """
     specs = [attacks] if isinstance(attacks, (LoadedPlugin, tuple)) else list(attacks)
     if not specs:
@@ -582,6 +640,10 @@ def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Seq
                 + _entropy_readouts(u, o, golds)
                 + _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])
                 + [r for res in results for r in _attack_readouts(res)] + [_avg_gap_readout(u, o, golds, results)])
+    challenge = None
+    if challenge_models:
+        extra, challenge = challenge_evaluation(setup, run, challenge_models)
+        readouts += extra
     verdicts = streisand_verdicts(setup, u, o, golds, results)
     return Scorecard(
         method=_method_info(run), task=_task_info(setup.task), readouts=tuple(readouts),
@@ -589,7 +651,8 @@ def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Seq
         entropy_histograms=_entropy_histograms({"original": o, "gold": golds[0], "unlearned": u},
                                                setup.data.n_classes),
         provenance=_provenance(setup, run, [res.plugin for res in results], derive_seed(setup.task.seed, "attack")),
-        timings=_timings(setup, run), verdicts=tuple(verdicts), verdict_summary=V.summary(verdicts))
+        timings=_timings(setup, run), verdicts=tuple(verdicts), verdict_summary=V.summary(verdicts),
+        challenge=challenge)
 
 
 def _method_info(run: MethodRun) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: Attacks of a scorecard unless --attacks says otherwise: the population attacks, which need no extra models.
-DEFAULT_ATTACKS = "loss"
+DEFAULT_ATTACKS = "loss,entropy-lr,entropy-svc"
 
 
 _EPILOGS = {
@@ -80,6 +80,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                         "shadow-model attacks such as shadow-xgb, lira, ulira train extra models)")
     p.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="an attack parameter, e.g. lira.n_shadows=32 (repeatable)")
+    p.add_argument("--challenge-models", type=int, default=0, metavar="N",
+                   help="add the NeurIPS 2023 challenge score from N unlearned runs and N gold models "
+                        "(plus N more gold models for its noise floor); 0 = off (default); the challenge used 512")
     p.add_argument("--out", help="directory to write the JSON and Markdown results into")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
@@ -182,6 +185,8 @@ def _setup(args: argparse.Namespace) -> Any:
 
     if args.gold_seeds < 1:
         raise _UsageError("--gold-seeds must be at least 1")
+    if args.challenge_models and args.challenge_models < 3:
+        raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
     return prepare(_task(args), args.model, args.arch, args.data_root, args.gold_seeds, cache, device,
                    progress=not args.quiet)
@@ -221,7 +226,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     plugin, params = _load_method(args.method, args.method_arg)
     attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args)
-    card = build_scorecard(setup, run_method(setup, plugin, params, args.seed), attacks)
+    card = build_scorecard(setup, run_method(setup, plugin, params, args.seed), attacks, args.challenge_models)
     if args.out:
         _write_outputs(Path(args.out), {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()})
     print(card.to_json() if args.json else card.to_text())
@@ -250,7 +255,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     loaded = [_load_method(n, pairs[n]) for n in names]
     attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args)
-    cards = [build_scorecard(setup, run_method(setup, p, kw, args.seed), attacks) for p, kw in loaded]
+    cards = [build_scorecard(setup, run_method(setup, p, kw, args.seed), attacks, args.challenge_models)
+             for p, kw in loaded]
     table = comparison_table(cards)
     title = (f"# muaudit comparison on task {setup.task.name} [{setup.task.content_hash()[:12]}], "
              f"{len(setup.golds)} gold model(s)\n\n")

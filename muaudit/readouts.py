@@ -142,3 +142,27 @@ def avg_gap(model: Mapping[str, float], gold: Mapping[str, float]) -> float:
     """NatMU's AvgGap: the mean absolute gap to gold over test, retain and forget accuracy and the MIA (in %)."""
     keys = ("test_acc", "retain_acc", "forget_acc", "mia")
     return float(np.mean([abs(model[k] - gold[k]) for k in keys]))
+
+
+def logit_scaled_confidence(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """phi = z_y - logsumexp_{j != y} z_j = log(p_y / (1 - p_y)), in float64, for logits ``(..., K)``, labels ``(...)``.
+
+    Carlini et al.'s reference code (``mi_lira_2021/score.py``) computes log(p_y) - log(sum_{j != y} p_j) from the
+    softmax, which saturates once 1 - p_y underflows. [DECISION] The same quantity is computed directly from the
+    logits with ``logsumexp`` over the wrong classes, so that it stays exact for margins of 1e4 and beyond.
+    """
+    z = logits.detach().cpu().double().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, np.float64)
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if z.ndim < 1 or z.shape[-1] < 2:
+        raise ValueError(f"logits must have shape (..., K) with K >= 2 classes, got {z.shape}")
+    if y.shape != z.shape[:-1]:
+        raise ValueError(f"labels shape {y.shape} does not match logits shape {z.shape} without the class axis")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= z.shape[-1]):
+        raise ValueError(f"labels must lie in [0, {z.shape[-1]}), got range [{y.min()}, {y.max()}]")
+    correct = np.take_along_axis(z, y[..., None], axis=-1)[..., 0]
+    wrong = z.copy()
+    np.put_along_axis(wrong, y[..., None], -np.inf, axis=-1)
+    return correct - special.logsumexp(wrong, axis=-1)

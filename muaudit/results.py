@@ -1,8 +1,8 @@
 """Frozen result objects: the scorecard, its JSON schema, and its table renderings.
 
 JSON schema (``schema_version`` "1.1"): ``{"schema_version", "method", "task", "readouts": [Readout...],
-"attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "entropy_histograms", "provenance",
-"timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold metrics and the Streisand verdicts;
+"attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "challenge", "entropy_histograms",
+"provenance", "timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold metrics and the Streisand verdicts;
 1.0 scorecards (without them) still load. Everything except ``timings`` (wall-clock seconds and the creation time)
 is a deterministic function of the inputs and seeds.
 """
@@ -86,6 +86,7 @@ class Scorecard:
     timings: dict[str, Any]
     verdicts: tuple[Verdict, ...] = ()
     verdict_summary: str | None = None
+    challenge: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def readout(self, name: str) -> Readout:
@@ -113,7 +114,8 @@ class Scorecard:
         verdicts = tuple(Verdict(**{**v, "band": tuple(v["band"]), "interval": tuple(v["interval"])})
                          for v in raw.get("verdicts", ()))
         return cls(raw["method"], raw["task"], readouts, attacks, raw["entropy_histograms"],
-                   raw["provenance"], raw["timings"], verdicts, raw.get("verdict_summary"), raw["schema_version"])
+                   raw["provenance"], raw["timings"], verdicts, raw.get("verdict_summary"), raw.get("challenge"),
+                   raw["schema_version"])
 
     def to_pandas(self) -> Any:
         """One row per readout (pandas is imported only here)."""

@@ -1,0 +1,296 @@
+"""The shadow-model bank: the one backend that trains, caches and reloads every extra model of an audit.
+
+Shadow-model attacks (LiRA, U-LiRA, shadow classifiers) need many models trained with the task's recipe on
+subsets of a *pool*: the training set as the original model saw it (poisoned labels on label-flip tasks)
+followed by the test split. A :class:`ModelRequest` names a model by role, seed and the pool indices it trains
+on; :class:`ShadowBank` returns the models (cache hits loaded, all misses trained together, vectorised with
+:mod:`muaudit.vectorised` when the architecture allows), their logits (memoised in memory), and models derived
+from them (e.g. a shadow unlearned by the method under audit), all cached through :class:`TensorCache`.
+
+A model's cache configuration holds the bank schema, the task's content hash, the role, the seed, the count and
+SHA-256 of its indices and the trainer (``"vmap"`` or ``"sequential"``: they agree only up to float rounding, so
+they are different entries). On load the entry must also pass a strict load into the task's architecture and
+carry matching metadata; anything else is retrained, never used.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from muaudit.cache import TensorCache
+from muaudit.checkpoint import load_into
+from muaudit.data import DataBundle, Split
+from muaudit.errors import CheckpointError, PluginValidationError
+from muaudit.task import Task
+from muaudit.training import fresh_model, predict_logits, train_from_scratch
+from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
+
+BANK_SCHEMA = 1
+VECTORISE_MODES = ("auto", "always", "never")
+
+
+def _indices_sha256(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRequest:
+    """One bank model: a free ``role`` label, the pool ``indices`` it trains on, and its ``seed``.
+
+    ``indices`` are stored sorted, as a read-only int64 array (so a request cannot drift from its hash; pass
+    ``indices.copy()`` to APIs that want a writable array, such as ``Split.subset``); duplicates, negative or
+    non-integer indices and empty sets are rejected. Requests compare and hash by :meth:`config`.
+    """
+
+    role: str
+    indices: np.ndarray
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, str) or not self.role:
+            raise ValueError(f"a model request needs a non-empty role string, got {self.role!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise ValueError(f"a model request needs an integer seed, got {self.seed!r}")
+        raw = np.asarray(self.indices)
+        if raw.ndim != 1 or raw.size == 0 or not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"request {self.role!r}: indices must be a non-empty 1-D array of integers")
+        indices = np.sort(raw.astype(np.int64))
+        if indices[0] < 0 or (np.diff(indices) == 0).any():
+            raise ValueError(f"request {self.role!r}: indices must be unique and non-negative")
+        indices.setflags(write=False)
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able identity of this request: role, seed, index count and SHA-256 of the index bytes."""
+        return {"role": self.role, "seed": self.seed, "count": int(len(self.indices)),
+                "indices_sha256": _indices_sha256(self.indices)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelRequest) and self.config() == other.config()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.config(), sort_keys=True))
+
+
+class ShadowBank:
+    """Trains, caches and reloads the extra models of one audit (see the module docstring).
+
+    ``vectorise``: ``auto`` trains with vmap when :func:`~muaudit.vectorised.can_vectorise` allows it (no
+    BatchNorm, no dropout) and :func:`~muaudit.vectorised.worth_vectorising` expects a speed-up (on the CPU:
+    convolution-free models only, since vmapped convolutions measured slower there), else sequentially;
+    ``always`` insists on vmap (a ``ValueError`` for architectures that cannot be vectorised); ``never`` always
+    trains sequentially. ``chunk`` bounds how many models are trained at once. ``n_trained`` counts the models
+    this bank has trained (cache misses).
+    """
+
+    def __init__(self, task: Task, data: DataBundle, cache: TensorCache, device: torch.device,
+                 progress: bool = False, vectorise: str = "auto", chunk: int = 32) -> None:
+        if vectorise not in VECTORISE_MODES:
+            raise ValueError(f"vectorise must be one of {', '.join(VECTORISE_MODES)}, got {vectorise!r}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be positive, got {chunk}")
+        self.task, self.data, self.cache, self.device = task, data, cache, device
+        self.progress, self.chunk = progress, chunk
+        train = task.training_split(data)
+        fine = None if train.fine is None or data.test.fine is None else torch.cat([train.fine, data.test.fine])
+        self.pool = Split(torch.cat([train.x, data.test.x]), torch.cat([train.y, data.test.y]), fine)
+        self.n_train = len(train)
+        self.task_hash = task.content_hash()
+        probe = fresh_model(task, data, 0)
+        if vectorise == "always" and not can_vectorise(probe, self.pool.x[:2]):
+            raise ValueError(f"architecture {task.model.arch!r} cannot be trained vectorised "
+                             "(BatchNorm or dropout layers); use vectorise='auto' or 'never'")
+        auto = vectorise == "auto" and worth_vectorising(probe, device) and can_vectorise(probe, self.pool.x[:2])
+        self.trainer = "vmap" if vectorise == "always" or auto else "sequential"
+        self.n_trained = 0
+        self._logits: dict[tuple[str, str], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------- indices
+    def test_index(self, j: np.ndarray | int) -> np.ndarray:
+        """Pool indices of test examples ``j`` (positions in ``data.test``)."""
+        array = np.asarray(j, dtype=np.int64)
+        n_test = len(self.pool) - self.n_train
+        if array.size and (array.min() < 0 or array.max() >= n_test):
+            raise ValueError(f"test indices must lie in [0, {n_test})")
+        return self.n_train + array
+
+    @staticmethod
+    def keep_matrix(n_models: int, n_examples: int, seed: int) -> np.ndarray:
+        """A balanced IN/OUT assignment (LiRA's): ``keep[m, i]`` is True for exactly ``n_models / 2`` models."""
+        if n_models < 2 or n_models % 2:
+            raise ValueError(f"a balanced keep matrix needs an even number of models (>= 2), got {n_models}")
+        if n_examples < 1:
+            raise ValueError(f"a keep matrix needs at least one example, got {n_examples}")
+        rng = np.random.default_rng(seed)
+        order = rng.uniform(size=(n_models, n_examples)).argsort(0)
+        return order < n_models // 2
+
+    # -------------------------------------------------------------------------------------------- models
+    def model_config(self, request: ModelRequest) -> dict[str, Any]:
+        """The cache configuration of ``request``'s model under this bank's trainer."""
+        return {"kind": "shadow-bank", "bank_schema": BANK_SCHEMA, "task_hash": self.task_hash,
+                "trainer": self.trainer, **request.config()}
+
+    def metadata(self, request: ModelRequest) -> dict[str, Any] | None:
+        """The stored metadata of ``request``'s model (``train_seconds``, trainer, ...) or None if not cached."""
+        hit = self.cache.get(self.model_config(request))
+        return None if hit is None else hit[1]
+
+    def models(self, requests: Sequence[ModelRequest]) -> list[nn.Module]:
+        """The requested models in eval mode on the bank's device; misses are trained together and cached."""
+        self._check_in_pool(requests)
+        found: dict[str, nn.Module] = {}
+        misses: dict[str, ModelRequest] = {}
+        for request in requests:
+            key = self.cache.key(self.model_config(request))
+            if key in found or key in misses:
+                continue
+            model = self._load(request)
+            if model is None:
+                misses[key] = request
+            else:
+                found[key] = model
+        found.update(zip(misses, self._train(list(misses.values()))))
+        out, seen = [], set()
+        for request in requests:  # a request given twice gets two independent modules
+            key = self.cache.key(self.model_config(request))
+            out.append(found[key] if key not in seen else copy.deepcopy(found[key]))
+            seen.add(key)
+        return out
+
+    def logits(self, requests: Sequence[ModelRequest], pool_indices: np.ndarray) -> torch.Tensor:
+        """``(M, n, K)`` float32 CPU logits of each requested model on pool examples ``pool_indices``."""
+        indices = self._pool_indices(pool_indices)
+        digest = _indices_sha256(indices)
+        keys = [(self.cache.key(self.model_config(r)), digest) for r in requests]
+        todo = {k: r for k, r in zip(keys, requests) if k not in self._logits}
+        if todo:
+            split = self.pool.subset(indices)
+            for key, model in zip(todo, self.models(list(todo.values()))):
+                self._logits[key] = predict_logits(model, split, self.device)
+        if not keys:
+            return torch.empty(0, len(indices), self.data.n_classes)
+        return torch.stack([self._logits[k] for k in keys])
+
+    # ------------------------------------------------------------------------------------------- derived
+    def derived(self, base: ModelRequest, label: Mapping[str, Any],
+                make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """A model derived from bank model ``base`` by ``make`` (given a private deep copy), cached under
+        ``base`` and ``label``; the result must keep the architecture and have finite weights."""
+        config = self._derived_config(base, label)
+        hit = self.cache.get(config)
+        if hit is not None:
+            try:
+                return self._strict(hit[0], f"cache entry {self.cache.path(config)}")
+            except CheckpointError:
+                pass  # a mismatched entry is rebuilt below
+        model = copy.deepcopy(self.models([base])[0])
+        start = time.perf_counter()
+        result = make(model)
+        seconds = time.perf_counter() - start
+        derived = self._validated(result, label)
+        self.cache.put(config, derived.state_dict(), {"derive_seconds": seconds, "base": self.model_config(base)})
+        return derived
+
+    def derived_logits(self, base: ModelRequest, label: Mapping[str, Any], make: Callable[[nn.Module], nn.Module],
+                       pool_indices: np.ndarray) -> torch.Tensor:
+        """``(n, K)`` float32 CPU logits of :meth:`derived` on pool examples ``pool_indices`` (memoised)."""
+        indices = self._pool_indices(pool_indices)
+        key = (self.cache.key(self._derived_config(base, label)), _indices_sha256(indices))
+        if key not in self._logits:
+            model = self.derived(base, label, make)
+            self._logits[key] = predict_logits(model, self.pool.subset(indices), self.device)
+        return self._logits[key]
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _check_in_pool(self, requests: Sequence[ModelRequest]) -> None:
+        for request in requests:
+            if not isinstance(request, ModelRequest):
+                raise TypeError(f"expected a ModelRequest, got {type(request).__name__}")
+            if request.indices[-1] >= len(self.pool):
+                raise ValueError(f"request {request.role!r}: index {int(request.indices[-1])} is outside the pool "
+                                 f"of {len(self.pool)} examples")
+
+    def _pool_indices(self, pool_indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(pool_indices)
+        if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
+            raise ValueError("pool_indices must be a 1-D array of integers")
+        indices = indices.astype(np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self.pool)):
+            raise ValueError(f"pool indices must lie in [0, {len(self.pool)})")
+        return indices
+
+    def _strict(self, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+        """A fresh model of the task's architecture holding ``state`` (strict load, finite weights)."""
+        model = load_into(fresh_model(self.task, self.data, 0), state, source)
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{source}: {name!r} contains NaN or infinite values")
+        return model.to(self.device).eval()
+
+    def _load(self, request: ModelRequest) -> nn.Module | None:
+        """The cached model of ``request``, or None when absent, corrupt or not matching the request."""
+        config = self.model_config(request)
+        hit = self.cache.get(config)
+        if hit is None:
+            return None
+        state, extra = hit
+        expected = {"count": int(len(request.indices)), "indices_sha256": _indices_sha256(request.indices),
+                    "trainer": self.trainer}
+        if any(extra.get(k) != v for k, v in expected.items()):
+            return None
+        try:
+            return self._strict(state, f"cache entry {self.cache.path(config)}")
+        except CheckpointError:
+            return None
+
+    def _train(self, requests: list[ModelRequest]) -> list[nn.Module]:
+        """Train ``requests`` (vectorised or one by one, as the bank's trainer says) and cache each model."""
+        if not requests:
+            return []
+        start = time.perf_counter()
+        label = f"shadows x{len(requests)}" if self.progress else None
+        if self.trainer == "vmap":
+            models = train_vectorised(self.task, self.data, self.pool, [r.indices for r in requests],
+                                      [r.seed for r in requests], self.device, self.chunk, label)
+        else:
+            models = [train_from_scratch(self.task, self.data, self.pool.subset(r.indices.copy()), r.seed, self.device,
+                                         f"{r.role} seed {r.seed}" if self.progress else None) for r in requests]
+        total = time.perf_counter() - start
+        from muaudit.audit import versions  # imported here: muaudit.audit imports this module lazily too
+
+        for request, model in zip(requests, models):
+            self.cache.put(self.model_config(request), model.state_dict(), {
+                "count": int(len(request.indices)), "indices_sha256": _indices_sha256(request.indices),
+                "trainer": self.trainer, "train_seconds": total / len(requests), "batch_seconds": total,
+                "batch_models": len(requests), "versions": versions()})
+        self.n_trained += len(requests)
+        return [model.to(self.device).eval() for model in models]
+
+    def _derived_config(self, base: ModelRequest, label: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            label_json = json.loads(json.dumps(dict(label), sort_keys=True))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a derived model's label must be JSON-serialisable: {exc}") from None
+        return {"kind": "shadow-derived", "bank_schema": BANK_SCHEMA, "base": self.model_config(base),
+                "label": label_json}
+
+    def _validated(self, result: object, label: Mapping[str, Any]) -> nn.Module:
+        """``result`` of a ``make`` as a fresh model of the task's architecture; a broken result is a plugin error."""
+        what = f"derived model {json.dumps(dict(label), sort_keys=True)}"
+        if not isinstance(result, nn.Module):
+            raise PluginValidationError(f"{what}: expected an nn.Module, got {type(result).__name__}")
+        state = {k: v.detach().cpu() for k, v in result.state_dict().items()}
+        try:
+            return self._strict(state, what)
+        except CheckpointError as exc:
+            raise PluginValidationError(str(exc)) from None
