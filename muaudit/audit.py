@@ -29,8 +29,9 @@ from muaudit.errors import CheckpointError, PluginValidationError, TaskError
 from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
 from muaudit.plugins import LoadedPlugin
 from muaudit.results import AttackReport, Readout, Scorecard
+from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import ModelSpec, Task
-from muaudit.training import derive_seed, fresh_model, predict_logits, train_from_scratch
+from muaudit.training import derive_seed, fresh_model, predict_logits
 from muaudit.zoo import last_linear_prefix
 
 
@@ -108,38 +109,31 @@ def checkpoint_metadata(task: Task, role: str, seed: int, train_seconds: float) 
             "seed": seed, "train_seconds": train_seconds, "versions": versions()}
 
 
-def _train_cached(task: Task, data: DataBundle, split: Split, role: str, seed: int, cache: TensorCache,
-                  device: torch.device, progress: bool) -> TrainedModel:
-    config = {"role": role, "task_hash": task.content_hash(), "seed": seed}
-    model = fresh_model(task, data, 0)
-    hit = cache.get(config)
-    if hit is not None:
-        load_into(model, hit[0], f"cache entry {cache.path(config)}")
-        return TrainedModel(model.to(device).eval(), seed, float(hit[1].get("train_seconds", float("nan"))), True)
-    start = time.perf_counter()
-    model = train_from_scratch(task, data, split, seed, device, f"{role} seed {seed}" if progress else None)
-    seconds = time.perf_counter() - start
-    cache.put(config, model.state_dict(), {"train_seconds": seconds, "versions": versions()})
-    return TrainedModel(model, seed, seconds, False)
+def _train_cached(bank: ShadowBank, indices: np.ndarray, role: str, seed: int) -> TrainedModel:
+    """One model through the shadow bank, trained one by one (bit-identical to ``train_from_scratch``, timed)."""
+    request = ModelRequest(role, indices, seed)
+    cached = bank.metadata(request, trainer="sequential")
+    model = bank.models([request], trainer="sequential")[0]
+    meta = bank.metadata(request, trainer="sequential") or {}
+    return TrainedModel(model, seed, float(meta.get("train_seconds", float("nan"))), cached is not None)
 
 
-def train_original(task: Task, data: DataBundle, cache: TensorCache, device: torch.device,
-                   progress: bool = False) -> TrainedModel:
-    """The original model: the task's recipe on the whole training set D (cached)."""
-    return _train_cached(task, data, task.training_split(data), "original", derive_seed(task.seed, "original"),
-                         cache, device, progress)
+def train_original(bank: ShadowBank) -> TrainedModel:
+    """The original model: the task's recipe on the whole training set D (cached in the bank)."""
+    return _train_cached(bank, np.arange(bank.n_train), "original", derive_seed(bank.task.seed, "original"))
 
 
 def gold_seeds(task: Task, count: int) -> list[int]:
     return [derive_seed(task.seed, "gold", j) for j in range(count)]
 
 
-def train_golds(task: Task, data: DataBundle, retain: Split, count: int, cache: TensorCache,
-                device: torch.device, progress: bool = False) -> list[TrainedModel]:
+def train_golds(bank: ShadowBank, count: int) -> list[TrainedModel]:
     """``count`` gold models: fresh initialisation of every layer, the same recipe, on D_r only (cached)."""
     if count < 1:
         raise TaskError("at least one gold model is needed (--gold-seeds >= 1)")
-    return [_train_cached(task, data, retain, "gold", s, cache, device, progress) for s in gold_seeds(task, count)]
+    forget = np.asarray(bank.task.forget_indices or (), dtype=np.int64)
+    retain = np.setdiff1d(np.arange(bank.n_train), forget)
+    return [_train_cached(bank, retain, "gold", s) for s in gold_seeds(bank.task, count)]
 
 
 def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | None,
@@ -188,15 +182,16 @@ def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None =
         task = replace(task, dataset=replace(task.dataset, root=data_root))
     data = task.dataset.load()
     task = task.materialise(data)
+    bank = ShadowBank(task, data, cache, device, progress=progress)
     if ckpt is not None:
         original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path).to(device).eval()
     else:
-        trained = train_original(task, data, cache, device, progress)
+        trained = train_original(bank)
         original = trained.model
         source["train_seconds"] = trained.train_seconds
     source["state_sha256"] = state_dict_sha256(original.state_dict())
-    setup = AuditSetup(task, data, original, source, [], device, cache, progress)
-    setup.golds = train_golds(task, data, setup.retain, gold_count, cache, device, progress)
+    setup = AuditSetup(task, data, original, source, [], device, cache, progress, _bank=bank)
+    setup.golds = train_golds(bank, gold_count)
     return setup
 
 
@@ -446,11 +441,10 @@ class ShadowUnlearner:
         return result.eval()
 
 
-def shadow_bank(setup: AuditSetup) -> Any:
-    """The audit's :class:`~muaudit.shadows.ShadowBank` (created on first use, shared by every attack)."""
+def shadow_bank(setup: AuditSetup) -> ShadowBank:
+    """The audit's :class:`~muaudit.shadows.ShadowBank`: it trained the original and gold models and serves
+    every extra model (shadows, challenge golds, unlearned shadows)."""
     if setup._bank is None:
-        from muaudit.shadows import ShadowBank
-
         setup._bank = ShadowBank(setup.task, setup.data, setup.cache, setup.device, progress=setup.progress)
     return setup._bank
 
@@ -582,7 +576,6 @@ def challenge_evaluation(setup: AuditSetup, run: MethodRun, n_models: int) -> tu
     on D_f.
     """
     from muaudit.challenge import challenge_score
-    from muaudit.shadows import ModelRequest
 
     bank, task = shadow_bank(setup), setup.task
     forget = np.asarray(task.forget_indices, dtype=np.int64)

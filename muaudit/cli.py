@@ -163,6 +163,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from muaudit.audit import checkpoint_metadata, train_original
+    from muaudit.shadows import ShadowBank
     from muaudit.checkpoint import save_checkpoint
     from muaudit.task import NAMED_TASKS
 
@@ -172,7 +173,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         task = replace(task, dataset=replace(task.dataset, root=args.data_root))
     data = task.dataset.load()
     task = task.materialise(data)
-    trained = train_original(task, data, cache, device, progress=not args.quiet)
+    trained = train_original(ShadowBank(task, data, cache, device, progress=not args.quiet))
     sha = save_checkpoint(trained.model, args.out,
                           checkpoint_metadata(task, "original", trained.seed, trained.train_seconds))
     print(f"wrote {args.out} (task {task.name} [{task.content_hash()[:12]}], arch {task.model.arch}, "

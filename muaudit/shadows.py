@@ -135,34 +135,42 @@ class ShadowBank:
         return order < n_models // 2
 
     # -------------------------------------------------------------------------------------------- models
-    def model_config(self, request: ModelRequest) -> dict[str, Any]:
-        """The cache configuration of ``request``'s model under this bank's trainer."""
+    def model_config(self, request: ModelRequest, trainer: str | None = None) -> dict[str, Any]:
+        """The cache configuration of ``request``'s model under ``trainer`` (default: the bank's)."""
         return {"kind": "shadow-bank", "bank_schema": BANK_SCHEMA, "task_hash": self.task_hash,
-                "trainer": self.trainer, **request.config()}
+                "trainer": trainer or self.trainer, **request.config()}
 
-    def metadata(self, request: ModelRequest) -> dict[str, Any] | None:
+    def metadata(self, request: ModelRequest, trainer: str | None = None) -> dict[str, Any] | None:
         """The stored metadata of ``request``'s model (``train_seconds``, trainer, ...) or None if not cached."""
-        hit = self.cache.get(self.model_config(request))
+        hit = self.cache.get(self.model_config(request, trainer))
         return None if hit is None else hit[1]
 
-    def models(self, requests: Sequence[ModelRequest]) -> list[nn.Module]:
-        """The requested models in eval mode on the bank's device; misses are trained together and cached."""
+    def models(self, requests: Sequence[ModelRequest], trainer: str | None = None) -> list[nn.Module]:
+        """The requested models in eval mode on the bank's device; misses are trained together and cached.
+
+        ``trainer="sequential"`` forces one-by-one training (bit-identical to ``train_from_scratch`` and timed per
+        model): the audit's original and gold models use it, so that the gold retrain time is a real single
+        retrain, the denominator of every method's speed-up.
+        """
+        trainer = trainer or self.trainer
+        if trainer not in ("vmap", "sequential"):
+            raise ValueError(f"trainer must be 'vmap' or 'sequential', got {trainer!r}")
         self._check_in_pool(requests)
         found: dict[str, nn.Module] = {}
         misses: dict[str, ModelRequest] = {}
         for request in requests:
-            key = self.cache.key(self.model_config(request))
+            key = self.cache.key(self.model_config(request, trainer))
             if key in found or key in misses:
                 continue
-            model = self._load(request)
+            model = self._load(request, trainer)
             if model is None:
                 misses[key] = request
             else:
                 found[key] = model
-        found.update(zip(misses, self._train(list(misses.values()))))
+        found.update(zip(misses, self._train(list(misses.values()), trainer)))
         out, seen = [], set()
         for request in requests:  # a request given twice gets two independent modules
-            key = self.cache.key(self.model_config(request))
+            key = self.cache.key(self.model_config(request, trainer))
             out.append(found[key] if key not in seen else copy.deepcopy(found[key]))
             seen.add(key)
         return out
@@ -237,15 +245,15 @@ class ShadowBank:
                 raise CheckpointError(f"{source}: {name!r} contains NaN or infinite values")
         return model.to(self.device).eval()
 
-    def _load(self, request: ModelRequest) -> nn.Module | None:
+    def _load(self, request: ModelRequest, trainer: str) -> nn.Module | None:
         """The cached model of ``request``, or None when absent, corrupt or not matching the request."""
-        config = self.model_config(request)
+        config = self.model_config(request, trainer)
         hit = self.cache.get(config)
         if hit is None:
             return None
         state, extra = hit
         expected = {"count": int(len(request.indices)), "indices_sha256": _indices_sha256(request.indices),
-                    "trainer": self.trainer}
+                    "trainer": trainer}
         if any(extra.get(k) != v for k, v in expected.items()):
             return None
         try:
@@ -253,25 +261,34 @@ class ShadowBank:
         except CheckpointError:
             return None
 
-    def _train(self, requests: list[ModelRequest]) -> list[nn.Module]:
-        """Train ``requests`` (vectorised or one by one, as the bank's trainer says) and cache each model."""
+    def _train(self, requests: list[ModelRequest], trainer: str) -> list[nn.Module]:
+        """Train ``requests`` (vectorised together, or one by one) and cache each model.
+
+        ``train_seconds`` is each model's own time when trained one by one, and the batch time divided by the
+        number of models when vectorised (``batch_seconds`` and ``batch_models`` record the batch).
+        """
         if not requests:
             return []
         start = time.perf_counter()
-        label = f"shadows x{len(requests)}" if self.progress else None
-        if self.trainer == "vmap":
+        if trainer == "vmap":
+            label = f"shadows x{len(requests)}" if self.progress else None
             models = train_vectorised(self.task, self.data, self.pool, [r.indices for r in requests],
                                       [r.seed for r in requests], self.device, self.chunk, label)
+            seconds = [(time.perf_counter() - start) / len(requests)] * len(requests)
         else:
-            models = [train_from_scratch(self.task, self.data, self.pool.subset(r.indices.copy()), r.seed, self.device,
-                                         f"{r.role} seed {r.seed}" if self.progress else None) for r in requests]
+            models, seconds = [], []
+            for r in requests:
+                begin = time.perf_counter()
+                models.append(train_from_scratch(self.task, self.data, self.pool.subset(r.indices.copy()), r.seed,
+                                                 self.device, f"{r.role} seed {r.seed}" if self.progress else None))
+                seconds.append(time.perf_counter() - begin)
         total = time.perf_counter() - start
         from muaudit.audit import versions  # imported here: muaudit.audit imports this module lazily too
 
-        for request, model in zip(requests, models):
-            self.cache.put(self.model_config(request), model.state_dict(), {
+        for request, model, own in zip(requests, models, seconds):
+            self.cache.put(self.model_config(request, trainer), model.state_dict(), {
                 "count": int(len(request.indices)), "indices_sha256": _indices_sha256(request.indices),
-                "trainer": self.trainer, "train_seconds": total / len(requests), "batch_seconds": total,
+                "trainer": trainer, "train_seconds": own, "batch_seconds": total,
                 "batch_models": len(requests), "versions": versions()})
         self.n_trained += len(requests)
         return [model.to(self.device).eval() for model in models]
