@@ -37,7 +37,7 @@ RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("neggrad", "neggrad", {"lr": 1e-3}),
         ("random-label", "random-label", {}),
         ("pgu", "pgu", {"preset": "fmnist"}),
-        ("mu-mis", "mu-mis", {"preset": "fashion-mnist-random"}),
+        ("mu-mis", "mu-mis", {"preset": "fmnist"}),
         ("targeted-noise-3", "targeted-noise", {"lam": 3.0}),
         ("natmu", "natmu", {"preset": "fmnist"}),
         ("tmu", "tmu", {"preset": "fmnist"}),
@@ -54,7 +54,7 @@ RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("finetune", "finetune", {}),
         ("random-label", "random-label", {}),
         ("pgu", "pgu", {"preset": "fmnist"}),
-        ("mu-mis", "mu-mis", {"preset": "fashion-mnist-class"}),
+        ("mu-mis", "mu-mis", {"preset": "fmnist-class"}),
         ("natmu", "natmu", {"preset": "fmnist", "variant": "class-wise"}),
     ],
 }
