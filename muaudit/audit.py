@@ -384,11 +384,12 @@ class AttackRun:
     intervals: MetricIntervals
     roc: dict[str, list]
     settings: dict[str, Any]
+    most_exposed: tuple[dict[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {**asdict(self.metrics), "intervals": asdict(self.intervals)}
+        return {**asdict(self.metrics), "intervals": asdict(self.intervals), "most_exposed": list(self.most_exposed)}
 
 
 @dataclass(frozen=True)
@@ -469,7 +470,19 @@ def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackCont
                                         f"1-D array of finite numbers)")
     metrics = attack_metrics(members, nonmembers, scores.threshold)
     intervals = confidence_intervals(members, nonmembers, metrics.threshold, derive_seed(ctx.seed, "ci", ctx.role))
-    return AttackRun(metrics, intervals, roc_summary(members, nonmembers), dict(scores.settings))
+    return AttackRun(metrics, intervals, roc_summary(members, nonmembers), dict(scores.settings),
+                     _most_exposed(members, scores.settings.get("member_positions")))
+
+
+def _most_exposed(members: np.ndarray, positions: Any, count: int = 10) -> tuple[dict[str, float], ...]:
+    """The forget examples with the highest member scores (attacks reference, reporting convention 7).
+
+    ``position`` is the example's position in D_f (as ordered by the task's forget indices); attacks that score a
+    subset of D_f say which positions with ``settings["member_positions"]``.
+    """
+    where = np.arange(len(members)) if positions is None else np.asarray(positions)
+    order = np.argsort(-members, kind="stable")[:count]
+    return tuple({"forget_position": int(where[i]), "score": float(members[i])} for i in order)
 
 
 def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun, params: dict[str, Any] | None = None

@@ -134,6 +134,7 @@ class MetricIntervals:
     level: float
     auc: tuple[float, float]
     balanced_accuracy: tuple[float, float]
+    advantage: tuple[float, float]
     member_rate: tuple[float, float]
     tpr_at_1pct_fpr: tuple[float, float] | None
     method: str = ("AUC, balanced accuracy, TPR@1%: percentile bootstrap (members and non-members resampled "
@@ -171,10 +172,12 @@ def confidence_intervals(members: np.ndarray, nonmembers: np.ndarray, threshold:
     hits = int(np.sum(members >= threshold))
     rate = stats.binomtest(hits, len(members)).proportion_ci(confidence_level=level, method="exact")
     has_tpr = len(nonmembers) >= math.ceil(1.0 / LOW_FPRS[0])
+    bacc_ci = bootstrap(bacc, n_resamples)
     return MetricIntervals(
         level=level,
         auc=bootstrap(_auc_statistic, n_resamples),
-        balanced_accuracy=bootstrap(bacc, n_resamples),
+        balanced_accuracy=bacc_ci,
+        advantage=(2 * bacc_ci[0] - 1, 2 * bacc_ci[1] - 1),
         member_rate=(float(rate.low), float(rate.high)),
         tpr_at_1pct_fpr=bootstrap(tpr1, N_BOOTSTRAP_TPR) if has_tpr else None,
     )

@@ -184,3 +184,8 @@ def test_verdicts_survive_json(four_gold_setup, loss_attack):
     report = json.loads(card.to_json())["attacks"][0]
     assert set(report["roc"]) == {"unlearned", "original", "gold"}
     assert len(report["golds"]) == 4 and "intervals" in report["unlearned"]
+    exposed = report["unlearned"]["most_exposed"]
+    assert len(exposed) == 10 and [e["score"] for e in exposed] == sorted((e["score"] for e in exposed), reverse=True)
+    assert all(0 <= e["forget_position"] < len(four_gold_setup.forget) for e in exposed)
+    low, high = report["unlearned"]["intervals"]["advantage"]
+    assert low <= report["unlearned"]["advantage"] <= high

@@ -97,6 +97,7 @@ class _ShadowHalves:
         return {"n_shadows": len(self.requests), "in_per_example": int(self.keep.sum(0)[0]),
                 "out_per_example": int((~self.keep).sum(0)[0]), "n_eval_forget": len(self.forget_pos),
                 "n_eval_heldout": len(self.test_pos), "signal": SIGNAL,
+                "member_positions": self.forget_pos.tolist(),
                 "shadow_training": "D_r + the shadow's IN half of the candidates, the task's recipe (= target's)",
                 "evaluation": "class-matched D_f examples (members) vs held-out test examples (non-members)"}
 
