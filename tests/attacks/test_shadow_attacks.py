@@ -89,8 +89,10 @@ def test_shadow_xgb_orientation_and_null(digits_setup, retrain_run):
     assert res.original.metrics.auc > 0.8
     # null: a retrained model is one more gold draw, not a member
     assert res.unlearned.metrics.auc < res.original.metrics.auc - 0.2
-    assert res.unlearned.settings["split_models"] == [16, 2, 2]
-    assert res.unlearned.metrics.n_nonmembers == 2 * len(digits_setup.forget)
+    assert res.unlearned.settings["split_models"] == [40, 5, 5]
+    assert res.unlearned.metrics.n_nonmembers == 5 * len(digits_setup.forget)
+    for gold in res.golds:  # the audit's gold models are gold draws too
+        assert gold.intervals.auc[0] < 0.5 + 0.1 and gold.metrics.auc < res.original.metrics.auc - 0.2
 
 
 def test_lira_orientation_and_null(digits_setup, retrain_run):
