@@ -27,7 +27,7 @@ CI_LEVEL = 0.95
 N_BOOTSTRAP = 1000
 N_BOOTSTRAP_TPR = 200
 #: Largest number of ROC points kept in a report (log-spaced in FPR, so the low-FPR region stays resolved).
-MAX_ROC_POINTS = 200
+MAX_ROC_POINTS = 100
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,12 @@ def roc_summary(members: np.ndarray, nonmembers: np.ndarray, max_points: int = M
     exact at those FPRs; the smallest FPR sampled is ``1 / n_nonmembers`` (the resolution of the data), plus 0.
     """
     fprs, tprs = roc_points(members, nonmembers)
-    floor = 1.0 / max(len(nonmembers), 1)
-    grid = np.unique(np.concatenate([[0.0], np.geomspace(floor, 1.0, max_points - 1)]))
-    sampled = [float(tprs[fprs <= f + 1e-12].max()) for f in grid]
-    return {"fpr": grid.tolist(), "tpr": sampled}
+    n_neg = max(len(nonmembers), 1)
+    # log-spaced FPRs snapped down to the achievable rates k / n_nonmembers (so no two points are the same)
+    grid = np.unique(np.floor(np.geomspace(1.0 / n_neg, 1.0, max_points - 1) * n_neg + 1e-9) / n_neg)
+    grid = np.concatenate([[0.0], grid[grid > 0]])
+    sampled = [round(float(tprs[fprs <= f + 1e-12].max()), 8) for f in grid]
+    return {"fpr": [round(float(f), 8) for f in grid], "tpr": sampled}
 
 
 @dataclass(frozen=True)
