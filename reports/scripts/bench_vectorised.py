@@ -53,6 +53,25 @@ def workloads(fmnist_pool: int) -> list[Workload]:
     return out
 
 
+def forward_macs(work: Workload) -> int:
+    """Multiply-accumulates of one forward pass of one example through the conv and linear layers."""
+    from muaudit.training import fresh_model
+
+    model, total = fresh_model(work.task, work.data, 0), 0
+
+    def count(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += output[0].numel() * (module.weight[0].numel())
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(work.pool.x[:1])
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
 def bench(work: Workload, n_vmap: int, n_seq: int, rounds: int) -> tuple[float, float]:
     """Models per second of the vmap and the sequential path, over interleaved rounds."""
     rng = np.random.default_rng(0)
@@ -89,6 +108,10 @@ def main() -> None:
         print(work.name, flush=True)
         fast, slow = bench(work, args.models, args.sequential, args.rounds)
         print(f"  vmap {fast:.2f} models/s, sequential {slow:.2f} models/s, ratio {fast / slow:.1f}x", flush=True)
+        # training FLOPs ~ 3 x forward (forward + two backward products), 2 FLOPs per multiply-accumulate
+        flops = 6 * forward_macs(work) * (len(work.pool) // 2) * work.task.recipe.epochs
+        print(f"  arithmetic: {flops / 1e9:.2f} GFLOP per model; sequential achieves {slow * flops / 1e9:.1f} "
+              f"GFLOP/s, vmap {fast * flops / 1e9:.1f} GFLOP/s", flush=True)
 
 
 if __name__ == "__main__":
