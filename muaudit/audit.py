@@ -59,6 +59,7 @@ class AuditSetup:
     progress: bool = False
     _outputs: dict[int, ModelOutputs] = field(default_factory=dict, repr=False)
     _attack_memo: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+    _attack_instances: dict[tuple[str, str], MembershipAttack] = field(default_factory=dict, repr=False)
     _bank: Any = field(default=None, repr=False)
 
     @cached_property
@@ -487,9 +488,15 @@ def _most_exposed(members: np.ndarray, positions: Any, count: int = 10) -> tuple
 
 def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun, params: dict[str, Any] | None = None
                ) -> AttackResults:
-    """Apply one attack to the unlearned, original and gold models (the last two memoised per attack)."""
+    """Apply one attack to the unlearned, original and gold models (the last two memoised per attack).
+
+    One attack instance per (attack, parameters) serves every method of the set-up, so what it fits once (shadow
+    classifiers, Gaussians) is reused by ``compare``; the scores of the original and gold models are memoised too.
+    """
     params = dict(params or {})
-    attack: MembershipAttack = plugin.cls(**params)
+    probe: MembershipAttack = plugin.cls(**params)
+    instance_key = (plugin.spec.qualified_name, json.dumps(probe.hparams.as_dict(), sort_keys=True, default=str))
+    attack = setup._attack_instances.setdefault(instance_key, probe)
     seed = derive_seed(setup.task.seed, "attack")
     needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
     unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if "method" in needs else None
