@@ -1,11 +1,13 @@
 """Issue 4 benchmark: the direction of each paper's headline claim on Fashion-MNIST with the small CNN.
 
 Runs the five papers' methods and the relevant baselines against the gold retrain on three Fashion-MNIST tasks
-(random subset of 1000, random subset of 64, full class 0), all with the same two gold models per task and
-timings measured in this one run, then checks each claim and writes ``reports/papers/fashion-mnist.md`` and
-``.json``. Start from an empty cache (the default) so the gold retrain time is measured in the same run.
+(random subset of 1000, random subset of 64, full class 0), with two gold models per task and every timing of a
+task measured in the same run as its gold retrain. Each task's scorecards go to ``reports/papers/<task>.json``;
+the claims are then checked on every task file present and written to ``reports/papers/fashion-mnist.md`` and
+``claims.json``, so that one task can be re-run alone (``--only``). Start from an empty cache (the default) so the
+gold retrain time is measured in the same run.
 
-Usage: python reports/scripts/papers_fmnist.py [--cache-dir DIR] [--only TASK]
+Usage: python reports/scripts/papers_fmnist.py [--cache-dir DIR] [--only TASK] [--report]
 Takes roughly 40 minutes on 2 CPU cores; needs ``apt-get install dataset-fashion-mnist``.
 """
 from __future__ import annotations
@@ -45,6 +47,9 @@ RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "fashion-mnist-64": [
         ("retrain", "retrain", {}),
         ("neggrad", "neggrad", {"lr": 1e-3}),
+        # The delta-Targeted paper compares methods that have forgotten (Table 3: NegGrad's D_r accuracy 30.5):
+        # gradient ascent run until the forget loss passes 30 nats (measured: forget accuracy ~0.2).
+        ("neggrad-forgets", "neggrad", {"lr": 1e-3, "epochs": 100, "max_loss": 30.0}),
         ("random-label", "random-label", {}),
         ("targeted-noise-1", "targeted-noise", {"lam": 1.0}),
         ("targeted-noise-3", "targeted-noise", {"lam": 3.0}),
@@ -84,16 +89,20 @@ def claims(cards: dict[str, dict[str, Scorecard]]) -> list[dict[str, Any]]:
     def retain_acc(c: Scorecard) -> float:
         return 100 - value(c, "retain_error")
 
-    claim("delta-Targeted", "lambda=3 keeps retain accuracy far above NegGrad at |D_f| = 64", "fashion-mnist-64",
-          lambda c: (retain_acc(c["targeted-noise-3"]) > retain_acc(c["neggrad"]) + 10,
-                     f"retain acc {retain_acc(c['targeted-noise-3']):.1f} vs neggrad {retain_acc(c['neggrad']):.1f}; "
+    def ng(c: dict[str, Scorecard]) -> str:  # the NegGrad run that forgot, when the task file has one
+        return "neggrad-forgets" if "neggrad-forgets" in c else "neggrad"
+
+    claim("delta-Targeted", "lambda=3 keeps retain accuracy far above NegGrad (run until it forgets) at |D_f| = 64",
+          "fashion-mnist-64",
+          lambda c: (retain_acc(c["targeted-noise-3"]) > retain_acc(c[ng(c)]) + 10,
+                     f"retain acc {retain_acc(c['targeted-noise-3']):.1f} vs {ng(c)} {retain_acc(c[ng(c)]):.1f}; "
                      f"forget error {value(c['targeted-noise-3'], 'forget_error'):.1f} vs "
-                     f"{value(c['neggrad'], 'forget_error'):.1f}"))
-    claim("delta-Targeted", "smaller L1 parameter change than NegGrad", "fashion-mnist-64",
+                     f"{value(c[ng(c)], 'forget_error'):.1f}"))
+    claim("delta-Targeted", "smaller L1 parameter change than NegGrad (run until it forgets)", "fashion-mnist-64",
           lambda c: (value(c["targeted-noise-3"], "param_l1_all_to_original")
-                     < value(c["neggrad"], "param_l1_all_to_original"),
-                     f"L1 {value(c['targeted-noise-3'], 'param_l1_all_to_original'):.1f} vs "
-                     f"{value(c['neggrad'], 'param_l1_all_to_original'):.1f}"))
+                     < value(c[ng(c)], "param_l1_all_to_original"),
+                     f"L1 {value(c['targeted-noise-3'], 'param_l1_all_to_original'):.1f} vs {ng(c)} "
+                     f"{value(c[ng(c)], 'param_l1_all_to_original'):.1f}"))
     for split in ("test_error", "forget_error"):
         claim("PGU", f"{split} close to gold's on a random subset (|gap| <= 2 points)", "fashion-mnist-random",
               lambda c, s=split: (abs(c["pgu"].readout(s).gap) <= 2.0,
@@ -139,17 +148,35 @@ def run_task(name: str, cache: TensorCache) -> dict[str, Scorecard]:
     return cards
 
 
+def load_tasks() -> dict[str, dict[str, Scorecard]]:
+    """Every task file present in ``reports/papers`` (in the order of :data:`RUNS`)."""
+    out = {}
+    for name in RUNS:
+        path = OUT / f"{name}.json"
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            order = [label for label, _, _ in RUNS[name] if label in raw] + sorted(set(raw) - {l for l, _, _ in RUNS[name]})
+            out[name] = {label: Scorecard.from_dict(raw[label]) for label in order}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=None, help="model cache (default: a fresh temporary directory)")
     parser.add_argument("--only", choices=sorted(RUNS), action="append", help="run only these tasks")
+    parser.add_argument("--report", action="store_true", help="run nothing: rebuild the report from the task files")
     args = parser.parse_args()
     cache = TensorCache(args.cache_dir or tempfile.mkdtemp(prefix="muaudit-papers-"))
-    cards = {name: run_task(name, cache) for name in (args.only or list(RUNS))}
-    checks = claims(cards)
     OUT.mkdir(parents=True, exist_ok=True)
+    for name in [] if args.report else (args.only or list(RUNS)):
+        cards = run_task(name, cache)
+        payload = {label: card.to_dict() for label, card in cards.items()}
+        (OUT / f"{name}.json").write_text(json.dumps(payload, indent=1, sort_keys=True, allow_nan=False))
+    cards = load_tasks()
+    checks = claims(cards)
     lines = ["# Papers' headline claims on Fashion-MNIST (small CNN)", "",
-             "Produced by `python reports/scripts/papers_fmnist.py`; every number is from one run.", "",
+             "Produced by `python reports/scripts/papers_fmnist.py`; the numbers of each task come from one run, "
+             "the same run as its gold retrain.", "",
              "| paper | claim | task | reproduced | evidence |", "|---|---|---|---|---|"]
     lines += [f"| {c['paper']} | {c['claim']} | {c['task']} | {'yes' if c['reproduced'] else 'NO'} | "
               f"{c['evidence']} |" for c in checks]
@@ -157,8 +184,7 @@ def main() -> int:
         renamed = [replace(card, method={**card.method, "name": label}) for label, card in per_task.items()]
         lines += ["", f"## {name}", "", comparison_table(renamed)]
     (OUT / "fashion-mnist.md").write_text("\n".join(lines) + "\n")
-    payload = {"claims": checks, "scorecards": {t: {k: v.to_dict() for k, v in c.items()} for t, c in cards.items()}}
-    (OUT / "fashion-mnist.json").write_text(json.dumps(payload, indent=1, sort_keys=True, allow_nan=False))
+    (OUT / "claims.json").write_text(json.dumps(checks, indent=1, sort_keys=True, allow_nan=False))
     print("\n".join(lines))
     return 0
 
