@@ -4,10 +4,12 @@ Unlearning succeeds when the unlearned model is indistinguishable from the gold 
 the unlearned model's value ``u`` with the reference gold model's value ``g_0``, never with an absolute target
 (attacks reference, section 5). A check has
 
-- a **band** around ``g_0``: ``g_0 +/- tolerance`` with ``tolerance = SPREAD_FACTOR * max_j |g_j - g_0|`` over the
-  extra gold seeds (the noise floor; ``SPREAD_FACTOR`` = 2 because the unlearned model is compared with one
-  gold draw, and the maximum of a few gold-vs-gold gaps under-estimates the spread: the retrain anchor test in
-  ``tests/test_audit.py`` measures this);
+- a **band** of values a gold model can take: from the lowest to the highest gold model's value, widened on each
+  side by ``SPREAD_FACTOR`` (1) times that range, ``[min_j g_j - r, max_j g_j + r]`` with ``r = max_j g_j - min_j
+  g_j`` (the noise floor). The widening is needed because a few gold seeds under-estimate the spread of the next
+  one (of three gold seeds, the third falls outside the range of the first two two times in three); spanning the
+  range rather than centring on ``g_0`` keeps one outlying gold seed from shifting the band. With one gold model the band is ``{g_0}``;
+  three or more seeds give a meaningful band;
 - the **sampling interval** of ``u`` (Clopper-Pearson for accuracies and rates, bootstrap for means and AUCs), so
   that a difference that a different draw of D_f could erase is not called;
 - a **direction**: which side of the band means "forgot more than gold" for this quantity.
@@ -38,7 +40,7 @@ import numpy as np
 from scipy import stats
 
 UNDER, ALIGNED, OVER = "under-forgetting", "aligned", "over-forgetting"
-SPREAD_FACTOR = 2.0
+SPREAD_FACTOR = 1.0
 LEVEL = 0.95
 
 
@@ -69,11 +71,12 @@ class GoldReference:
 
     @property
     def tolerance(self) -> float:
-        return SPREAD_FACTOR * max((abs(v - self.values[0]) for v in self.values[1:]), default=0.0)
+        """How far beyond the gold models' range the band reaches: ``SPREAD_FACTOR`` x that range."""
+        return SPREAD_FACTOR * (max(self.values) - min(self.values))
 
     @property
     def band(self) -> tuple[float, float]:
-        return self.reference - self.tolerance, self.reference + self.tolerance
+        return min(self.values) - self.tolerance, max(self.values) + self.tolerance
 
 
 def decide(interval: tuple[float, float], band: tuple[float, float], forgotten_side: str) -> str:
@@ -93,8 +96,9 @@ def _check(name: str, unlearned: float, interval: tuple[float, float], gold: Gol
     verdict = decide(interval, gold.band, forgotten_side)
     f = fmt.format
     evidence = (f"{what} {f(unlearned)} ({LEVEL:.0%} interval {f(interval[0])}..{f(interval[1])}) vs gold "
-                f"{f(gold.reference)} (band {f(gold.band[0])}..{f(gold.band[1])} = {SPREAD_FACTOR:g}x the "
-                f"gold-vs-gold spread over {len(gold.values)} gold model(s))"
+                f"{f(gold.reference)} (gold models {f(min(gold.values))}..{f(max(gold.values))}, band "
+                f"{f(gold.band[0])}..{f(gold.band[1])}: their range widened by {SPREAD_FACTOR:g}x itself, "
+                f"{len(gold.values)} gold model(s))"
                 + ("" if original is None else f", original {f(original)}")
                 + f"; {forgotten_side} = forgot more")
     return Verdict(name, verdict, evidence, float(unlearned), gold.reference, original, gold.band,
