@@ -76,11 +76,12 @@ def can_vectorise(model: nn.Module, example: torch.Tensor | None = None) -> bool
 def worth_vectorising(model: nn.Module, device: torch.device) -> bool:
     """Whether vectorised training is expected to beat sequential training of ``model`` on ``device``.
 
-    On the CPU, vmapped convolutions become grouped convolutions, which oneDNN runs slowly: measured with
-    ``reports/scripts/bench_vectorised.py`` on a loaded 2-core CPU (one thread), the zoo's ``cnn`` on
-    Fashion-MNIST trained at 0.4x the sequential throughput, while the MLP on digits trained at 14.7x. So on the
-    CPU only convolution-free models are worth it; on CUDA every vectorisable model is (the standard
-    ``torch.func`` model-ensembling case; not measured here).
+    On the CPU, vmapped convolutions become grouped convolutions, which oneDNN runs slowly, and sequential CNN
+    training is already compute-bound: measured with ``reports/scripts/bench_vectorised.py`` on a 2-core CPU (one
+    thread; ``reports/shadows/README.md``), the zoo's ``cnn`` on Fashion-MNIST trained at 0.3-0.4x the sequential
+    throughput (sequential: 76 GFLOP/s), while the MLP on digits trained at 15-18x. So on the CPU only
+    convolution-free models are worth it; on CUDA every vectorisable model is (the standard ``torch.func``
+    model-ensembling case; not measured here).
     """
     if not can_vectorise(model):
         return False
