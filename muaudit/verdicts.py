@@ -5,10 +5,13 @@ the unlearned model's value ``u`` with the reference gold model's value ``g_0``,
 (attacks reference, section 5). A check has
 
 - a **band** of values a gold model can take: from the lowest to the highest gold model's value, widened on each
-  side by ``SPREAD_FACTOR`` (1) times that range, ``[min_j g_j - r, max_j g_j + r]`` with ``r = max_j g_j - min_j
+  side by ``SPREAD_FACTOR`` (2) times that range, ``[min_j g_j - r, max_j g_j + r]`` with ``r = max_j g_j - min_j
   g_j`` (the noise floor). The widening is needed because a few gold seeds under-estimate the spread of the next
   one (of three gold seeds, the third falls outside the range of the first two two times in three); spanning the
-  range rather than centring on ``g_0`` keeps one outlying gold seed from shifting the band. With one gold model the band is ``{g_0}``;
+  range rather than centring on ``g_0`` keeps one outlying gold seed from shifting the band. Measured: with a
+  factor of 1, ``retrain`` (one more gold draw) was flagged on Fashion-MNIST for the loss attack's member rate
+  (0.906 against three gold models at 0.932-0.940; that attack fits its threshold per model, which varies more
+  between seeds than three seeds show), hence 2. With one gold model the band is ``{g_0}``;
   three or more seeds give a meaningful band;
 - the **sampling interval** of ``u`` (Clopper-Pearson for accuracies and rates, bootstrap for means and AUCs), so
   that a difference that a different draw of D_f could erase is not called;
@@ -40,7 +43,7 @@ import numpy as np
 from scipy import stats
 
 UNDER, ALIGNED, OVER = "under-forgetting", "aligned", "over-forgetting"
-SPREAD_FACTOR = 1.0
+SPREAD_FACTOR = 2.0
 LEVEL = 0.95
 
 
@@ -97,7 +100,7 @@ def _check(name: str, unlearned: float, interval: tuple[float, float], gold: Gol
     f = fmt.format
     evidence = (f"{what} {f(unlearned)} ({LEVEL:.0%} interval {f(interval[0])}..{f(interval[1])}) vs gold "
                 f"{f(gold.reference)} (gold models {f(min(gold.values))}..{f(max(gold.values))}, band "
-                f"{f(gold.band[0])}..{f(gold.band[1])}: their range widened by {SPREAD_FACTOR:g}x itself, "
+                f"{f(gold.band[0])}..{f(gold.band[1])}: their range widened by {SPREAD_FACTOR:g}x itself on each side, "
                 f"{len(gold.values)} gold model(s))"
                 + ("" if original is None else f", original {f(original)}")
                 + f"; {forgotten_side} = forgot more")
