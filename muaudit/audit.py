@@ -113,10 +113,10 @@ def checkpoint_metadata(task: Task, role: str, seed: int, train_seconds: float) 
 def _train_cached(bank: ShadowBank, indices: np.ndarray, role: str, seed: int) -> TrainedModel:
     """One model through the shadow bank, trained one by one (bit-identical to ``train_from_scratch``, timed)."""
     request = ModelRequest(role, indices, seed)
-    cached = bank.metadata(request, trainer="sequential")
+    trained_before = bank.n_trained
     model = bank.models([request], trainer="sequential")[0]
     meta = bank.metadata(request, trainer="sequential") or {}
-    return TrainedModel(model, seed, float(meta.get("train_seconds", float("nan"))), cached is not None)
+    return TrainedModel(model, seed, float(meta.get("train_seconds", float("nan"))), bank.n_trained == trained_before)
 
 
 def train_original(bank: ShadowBank) -> TrainedModel:

@@ -201,6 +201,149 @@ class AttackContext:
         self.n_classes, self.task, self.data = n_classes, task, data
         self._available = {"shadows": bank, "method": unlearner}
 
+    def _get(self, need: str) -> Any:
+        if need not in self._items:
+            raise UndeclaredDataError(
+                f"method {self._method!r} asked for {need!r} data but did not declare it in its 'needs'"
+            )
+        return self._items[need]
+
+    @property
+    def retain(self) -> Split:
+        return self._get("retain")
+
+    @property
+    def validation(self) -> Split:
+        return self._get("validation")
+
+    @property
+    def train_stats(self) -> Mapping[str, torch.Tensor]:
+        return self._get("train_stats")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the run besides data: device, seed, the task's recipe, model factory.
+
+    ``fresh_model(seed)`` builds the task's architecture with every layer freshly initialised (used by
+    ``retrain`` and by methods that need an incompetent teacher). ``progress`` is a label for progress bars, or
+    ``None`` for silence.
+    """
+
+    device: torch.device
+    seed: int
+    recipe: Recipe
+    n_classes: int
+    input_shape: tuple[int, ...]
+    fresh_model: Callable[[int], nn.Module]
+    progress: str | None = None
+
+    def generator(self, *labels: object) -> torch.Generator:
+        """A CPU generator seeded from the run seed and ``labels``."""
+        from muaudit.training import derive_seed, generator
+
+        return generator(derive_seed(self.seed, *labels))
+
+
+class _Plugin:
+    """Shared declaration handling for methods and attacks."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, **params: Any) -> None:
+        self.hparams: ParamSet = validate_params(self.display_name(), self.params, params)
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.name or cls.__name__
+
+
+class UnlearningMethod(_Plugin, ABC):
+    """Base class of unlearning methods (entry-point group ``muaudit.methods``)."""
+
+    #: Data beyond the forget set that the method needs: a subset of :data:`DATA_NEEDS`.
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: False for methods whose output legitimately varies for a fixed seed.
+    deterministic: ClassVar[bool] = True
+
+    @abstractmethod
+    def unlearn(self, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:
+        """Return the unlearned model. ``model`` is already a private copy on ``ctx.device``."""
+
+    def compute_train_stats(self, model: nn.Module, train: Split, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        """Statistics of the full training set for ``model`` (only for methods that declare ``train_stats``).
+
+        Called once per original model and cached beside it, so that no training data is needed at deletion
+        time. Must depend only on the model, the data and :meth:`train_stats_params`.
+        """
+        raise NotImplementedError(f"method {self.display_name()!r} declares no train_stats")
+
+    def train_stats_params(self) -> dict[str, Any]:
+        """The hyperparameters that :meth:`compute_train_stats` depends on (part of its cache key)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One model's logits and the labels on the forget, retain and test splits (CPU tensors)."""
+
+    forget_logits: torch.Tensor
+    forget_labels: torch.Tensor
+    retain_logits: torch.Tensor
+    retain_labels: torch.Tensor
+    test_logits: torch.Tensor
+    test_labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AttackScores:
+    """What an attack returns.
+
+    ``members`` are the scores of the audited candidates (the forget set), ``nonmembers`` those of held-out
+    examples never trained on (the test split); higher = more likely a member. ``threshold`` is the attack's own
+    decision rule (score >= threshold means member) or ``None``. ``settings`` records every knob it used.
+    """
+
+    members: np.ndarray
+    nonmembers: np.ndarray
+    threshold: float | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+#: What an attack may declare beyond the audited model's outputs, which every attack receives.
+ATTACK_NEEDS: Mapping[str, str] = {
+    "shadows": "the shadow-model bank (extra models trained with the task's recipe, cached; costly)",
+    "method": "the method under audit, to unlearn shadow models (U-LiRA)",
+}
+
+#: The roles of the audited models: an attack scores each of them with the same fitted machinery.
+ROLES = ("unlearned", "original", "gold")
+
+
+class AttackContext:
+    """What an attack may use besides the audited model's outputs.
+
+    ``seed`` fixes every random choice of the attack; ``role`` says which model is being scored (the unlearned
+    model, the original or a gold model: the same attack is applied to each, for the gold-relative readouts);
+    ``forget_indices`` are D_f's indices in the training split and ``n_classes`` the class count. The shadow bank
+    and the method under audit are only reachable when declared in the attack's ``needs``; asking for anything
+    else raises :class:`~muaudit.errors.UndeclaredDataError`. ``task`` and ``data`` describe the audit (the data
+    the shadows train on); they are ``None`` in stand-alone use on outputs only.
+    """
+
+    def __init__(self, attack: str, seed: int, role: str = "unlearned", *, needs: frozenset[str] = frozenset(),
+                 forget_indices: np.ndarray | None = None, n_classes: int | None = None, task: Any = None,
+                 data: Any = None, bank: Any = None, unlearner: Any = None) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        self.attack, self.seed, self.role, self._needs = attack, int(seed), role, frozenset(needs)
+        self.forget_indices = None if forget_indices is None else np.asarray(forget_indices, dtype=np.int64)
+        self.n_classes, self.task, self.data = n_classes, task, data
+        self._available = {"shadows": bank, "method": unlearner}
+
     def with_role(self, role: str) -> "AttackContext":
         """The same context for another audited model."""
         other = AttackContext.__new__(AttackContext)

@@ -143,6 +143,12 @@ class MetricIntervals:
                    "independently); member rate: Clopper-Pearson exact")
 
 
+def proportion_interval(successes: int, total: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Clopper-Pearson exact interval of a binomial proportion (SciPy)."""
+    ci = stats.binomtest(int(successes), int(total)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def _auc_statistic(members: np.ndarray, nonmembers: np.ndarray, axis: int = -1) -> np.ndarray:
     u = stats.mannwhitneyu(members, nonmembers, axis=axis, method="asymptotic", use_continuity=False).statistic
     return u / (members.shape[axis] * nonmembers.shape[axis])
@@ -171,8 +177,7 @@ def confidence_intervals(members: np.ndarray, nonmembers: np.ndarray, threshold:
             return np.asarray(tpr_at_fpr(m, n, LOW_FPRS[0]))
         return np.array([tpr_at_fpr(a, b, LOW_FPRS[0]) for a, b in zip(m, n)])
 
-    hits = int(np.sum(members >= threshold))
-    rate = stats.binomtest(hits, len(members)).proportion_ci(confidence_level=level, method="exact")
+    rate = proportion_interval(int(np.sum(members >= threshold)), len(members), level)
     has_tpr = len(nonmembers) >= math.ceil(1.0 / LOW_FPRS[0])
     bacc_ci = bootstrap(bacc, n_resamples)
     return MetricIntervals(
@@ -180,7 +185,7 @@ def confidence_intervals(members: np.ndarray, nonmembers: np.ndarray, threshold:
         auc=bootstrap(_auc_statistic, n_resamples),
         balanced_accuracy=bacc_ci,
         advantage=(2 * bacc_ci[0] - 1, 2 * bacc_ci[1] - 1),
-        member_rate=(float(rate.low), float(rate.high)),
+        member_rate=rate,
         tpr_at_1pct_fpr=bootstrap(tpr1, N_BOOTSTRAP_TPR) if has_tpr else None,
     )
 

@@ -41,6 +41,20 @@ def _indices_sha256(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
+def balanced_keep_matrix(n_models: int, n_examples: int, seed: int) -> np.ndarray:
+    """Boolean ``(M, N)``: ``keep[m, x]`` if shadow m trains on x; every example is IN for exactly M/2 shadows.
+
+    Follows Carlini et al.'s ``train.py``: ``order = uniform(size=(M, N)).argsort(0); keep = order < M // 2``
+    (the ranks of i.i.d. uniforms in a column are a uniform random permutation, so each column has M/2 True).
+    """
+    if n_models < 2 or n_models % 2:
+        raise ValueError(f"a balanced keep matrix needs an even number of models (>= 2), got {n_models}")
+    if n_examples < 1:
+        raise ValueError(f"a keep matrix needs at least one example, got {n_examples}")
+    order = np.random.default_rng(seed).uniform(size=(n_models, n_examples)).argsort(0)
+    return order < n_models // 2
+
+
 @dataclass(frozen=True, eq=False)
 class ModelRequest:
     """One bank model: a free ``role`` label, the pool ``indices`` it trains on, and its ``seed``.
@@ -123,16 +137,8 @@ class ShadowBank:
             raise ValueError(f"test indices must lie in [0, {n_test})")
         return self.n_train + array
 
-    @staticmethod
-    def keep_matrix(n_models: int, n_examples: int, seed: int) -> np.ndarray:
-        """A balanced IN/OUT assignment (LiRA's): ``keep[m, i]`` is True for exactly ``n_models / 2`` models."""
-        if n_models < 2 or n_models % 2:
-            raise ValueError(f"a balanced keep matrix needs an even number of models (>= 2), got {n_models}")
-        if n_examples < 1:
-            raise ValueError(f"a keep matrix needs at least one example, got {n_examples}")
-        rng = np.random.default_rng(seed)
-        order = rng.uniform(size=(n_models, n_examples)).argsort(0)
-        return order < n_models // 2
+    #: LiRA's balanced IN/OUT assignment (:func:`balanced_keep_matrix`).
+    keep_matrix = staticmethod(balanced_keep_matrix)
 
     # -------------------------------------------------------------------------------------------- models
     def model_config(self, request: ModelRequest, trainer: str | None = None) -> dict[str, Any]:

@@ -42,6 +42,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from muaudit.metrics import proportion_interval
+
 UNDER, ALIGNED, OVER = "under-forgetting", "aligned", "over-forgetting"
 SPREAD_FACTOR = 2.0
 LEVEL = 0.95
@@ -106,12 +108,6 @@ def _check(name: str, unlearned: float, interval: tuple[float, float], gold: Gol
                 + f"; {forgotten_side} = forgot more")
     return Verdict(name, verdict, evidence, float(unlearned), gold.reference, original, gold.band,
                    (float(interval[0]), float(interval[1])), forgotten_side)
-
-
-def proportion_interval(successes: int, total: int, level: float = LEVEL) -> tuple[float, float]:
-    """Clopper-Pearson exact interval of a binomial proportion (SciPy)."""
-    ci = stats.binomtest(int(successes), int(total)).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 def forget_accuracy_verdict(correct: np.ndarray, gold_accuracies: Sequence[float],

@@ -34,6 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
 from muaudit.params import Interval, Param
 from muaudit.readouts import entropies
+from muaudit_attacks.membership_fit import fit_member_classifier
 
 #: The smallest positive float: ``score >= MEMBER_THRESHOLD`` is exactly ``decision_function > 0``. [D1]
 MEMBER_THRESHOLD = float(np.nextafter(0.0, 1.0))
@@ -42,12 +43,8 @@ MEMBER_THRESHOLD = float(np.nextafter(0.0, 1.0))
 def fit_entropy_lr(member_entropy: np.ndarray, nonmember_entropy: np.ndarray, C: float = 1.0
                    ) -> LogisticRegression:
     """The published fit: ``LogisticRegression(class_weight="balanced")`` on entropy, members labelled 1."""
-    x = np.concatenate([member_entropy, nonmember_entropy]).reshape(-1, 1)
-    y = np.concatenate([np.ones(len(member_entropy)), np.zeros(len(nonmember_entropy))])
-    clf = LogisticRegression(class_weight="balanced", C=C).fit(x, y)
-    if list(clf.classes_) != [0.0, 1.0]:  # decision_function > 0 means classes_[1]
-        raise RuntimeError(f"unexpected logistic-regression class order {clf.classes_}")
-    return clf
+    return fit_member_classifier(LogisticRegression(class_weight="balanced", C=C),
+                                 np.reshape(member_entropy, (-1, 1)), np.reshape(nonmember_entropy, (-1, 1)))
 
 
 class EntropyLRAttack(MembershipAttack):

@@ -43,6 +43,7 @@ from sklearn.svm import SVC
 
 from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
 from muaudit.params import Choice, Interval, Param
+from muaudit_attacks.membership_fit import fit_member_classifier
 
 FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
 #: SalUn's classifier settings (SVC_MIA.py).
@@ -134,12 +135,7 @@ def shadow_indices(n_retain: int, n_test: int, seed: int, cap: int | None
 
 def fit_svc(members: np.ndarray, nonmembers: np.ndarray) -> SVC:
     """SalUn's ``SVC_fit_predict`` fit: label 1 for the shadow "in" rows, 0 for "out", in that order."""
-    x = np.concatenate([members, nonmembers])
-    y = np.concatenate([np.ones(len(members)), np.zeros(len(nonmembers))])
-    clf = SVC(**SVC_PARAMS).fit(x, y)
-    if list(clf.classes_) != [0.0, 1.0]:  # decision_function > 0 means classes_[1]
-        raise RuntimeError(f"unexpected SVC class order {clf.classes_}")
-    return clf
+    return fit_member_classifier(SVC(**SVC_PARAMS), members, nonmembers)
 
 
 class EntropySVCAttack(MembershipAttack):

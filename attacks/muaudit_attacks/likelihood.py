@@ -27,26 +27,13 @@ import numpy as np
 from scipy.stats import norm
 
 from muaudit.readouts import logit_scaled_confidence  # noqa: F401  (re-exported: the signal of LiRA)
+from muaudit.shadows import balanced_keep_matrix  # noqa: F401  (re-exported: the shadows' IN/OUT split)
 
 #: Shadows per side (IN and OUT, per example) below which ``variance="auto"`` pools the variance over examples.
 MIN_PER_EXAMPLE = 64
 #: Smallest standard deviation used in a Gaussian (a constant signal would otherwise give a zero-width density).
 STD_FLOOR = 1e-30
 VARIANCE_MODES = ("auto", "global", "per-example")
-
-
-def balanced_keep_matrix(n_models: int, n_examples: int, seed: int) -> np.ndarray:
-    """Boolean ``(M, N)``: ``keep[m, x]`` if shadow m trains on x; every example is IN for exactly M/2 shadows.
-
-    Follows Carlini et al.'s ``train.py``: ``order = uniform(size=(M, N)).argsort(0); keep = order < M // 2``
-    (the ranks of i.i.d. uniforms in a column are a uniform random permutation, so each column has M/2 True).
-    """
-    if n_models < 2 or n_models % 2:
-        raise ValueError(f"n_models must be even and >= 2 for a balanced keep matrix, got {n_models}")
-    if n_examples < 1:
-        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
-    order = np.random.default_rng(seed).uniform(size=(n_models, n_examples)).argsort(0)
-    return order < n_models // 2
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: fields are arrays, whose == is elementwise

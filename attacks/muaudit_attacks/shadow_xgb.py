@@ -36,6 +36,7 @@ from sklearn.metrics import precision_recall_curve
 from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
 from muaudit.params import Interval, Param
 from muaudit.training import derive_seed
+from muaudit_attacks.membership_fit import fit_member_classifier
 
 #: XGBoost settings of the PGU notebook.
 XGB_SETTINGS: dict[str, Any] = {"learning_rate": 0.2, "max_depth": 10, "subsample": 0.8, "reg_lambda": 10,
@@ -123,18 +124,17 @@ class ShadowXGBAttack(MembershipAttack):
         feats = {"orig": shadow_features(orig, labels, ctx.n_classes),
                  "gold": shadow_features(gold, labels, ctx.n_classes)}
 
-        def stack(part: range) -> tuple[np.ndarray, np.ndarray]:
-            x = np.concatenate([feats["orig"][list(part)].reshape(-1, feats["orig"].shape[-1]),
-                                feats["gold"][list(part)].reshape(-1, feats["gold"].shape[-1])])
-            per_side = len(part) * len(labels)
-            return x, np.r_[np.ones(per_side, dtype=int), np.zeros(per_side, dtype=int)]
+        def rows(side: str, part: range) -> np.ndarray:  # one row per (model in part, forget example)
+            return feats[side][list(part)].reshape(-1, feats[side].shape[-1])
 
         seed = derive_seed(ctx.seed, "shadow-xgb")
-        model = XGBClassifier(**XGB_SETTINGS, random_state=seed, n_jobs=1)
-        model.fit(*stack(parts[0]))
-        x_val, y_val = stack(parts[1])
-        threshold = max_f1_threshold(y_val, model.predict_proba(x_val)[:, 1])
-        heldout = feats["gold"][list(parts[2])].reshape(-1, feats["gold"].shape[-1])
+        model = fit_member_classifier(XGBClassifier(**XGB_SETTINGS, random_state=seed, n_jobs=1),
+                                      rows("orig", parts[0]), rows("gold", parts[0]))
+        val_orig = model.predict_proba(rows("orig", parts[1]))[:, 1]
+        val_gold = model.predict_proba(rows("gold", parts[1]))[:, 1]
+        threshold = max_f1_threshold(np.r_[np.ones(len(val_orig)), np.zeros(len(val_gold))],
+                                     np.r_[val_orig, val_gold])
+        heldout = rows("gold", parts[2])
         settings = {"n_models_per_side": n, "split_models": [len(p) for p in parts],
                     "features": "softmax ++ one_hot(y), per (model, forget example)",
                     "classifier": {"XGBClassifier": XGB_SETTINGS | {"random_state": seed, "n_jobs": 1}},
