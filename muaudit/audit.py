@@ -30,7 +30,7 @@ from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, conf
 from muaudit.plugins import LoadedPlugin
 from muaudit.results import AttackReport, Readout, Scorecard
 from muaudit.shadows import ModelRequest, ShadowBank
-from muaudit.task import ModelSpec, Task
+from muaudit.task import ModelSpec, Task, spec_key
 from muaudit.training import derive_seed, fresh_model, predict_logits
 from muaudit.zoo import last_linear_prefix
 
@@ -144,7 +144,7 @@ def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | No
         own = Task.from_dict(ckpt.metadata["task"])
         if data_root is not None:
             own = replace(own, dataset=replace(own.dataset, root=data_root))
-        if task is not None and _spec_key(task) != _spec_key(own):
+        if task is not None and spec_key(task) != spec_key(own):
             raise TaskError(f"{ckpt.path} was trained on task {own.name!r}, which differs from the --task given")
         if arch is not None and arch != own.model.arch:
             raise CheckpointError(f"{ckpt.path} holds a {own.model.arch!r} model, not {arch!r}")
@@ -154,12 +154,6 @@ def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | No
     if arch is not None:
         task = replace(task, model=ModelSpec(arch, task.model.options))
     return task, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": True}
-
-
-def _spec_key(task: Task) -> tuple[Any, ...]:
-    """What must agree between a checkpoint's task and a --task: everything but name, root and materialisation."""
-    return (task.dataset.name, task.dataset.val_fraction, task.forget, task.model.arch, dict(task.model.options),
-            task.recipe, task.seed)
 
 
 def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None = None,

@@ -33,6 +33,7 @@ from muaudit.errors import DataError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 VALIDATION_SEED = 20240101
+SUBSET_SEED = 20261203
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "cifar20", "npz")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -93,8 +94,13 @@ class DataBundle:
         return digest.hexdigest()
 
 
-def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.2) -> DataBundle:
-    """Load data set ``name`` (one of :data:`DATASETS`) from ``root`` and carve the validation split."""
+def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.2,
+                 train_subset: int | None = None) -> DataBundle:
+    """Load data set ``name`` (one of :data:`DATASETS`) from ``root`` and carve the validation split.
+
+    ``train_subset`` keeps a class-stratified random subset of that many training examples (fixed seed
+    :data:`SUBSET_SEED`, independent of any task seed, so the subset is a property of the data set).
+    """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     if not 0.0 <= val_fraction < 1.0:
@@ -102,7 +108,7 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.2) 
     if name == "fashion-mnist" and root is None:  # resolved here so that the cache sees the real location
         root = os.environ.get("MUAUDIT_FASHION_MNIST_ROOT", FASHION_MNIST_ROOT)
     root = None if root is None else str(root)
-    return _load_cached(name, root, float(val_fraction), _file_stamp(root))
+    return _load_cached(name, root, float(val_fraction), _file_stamp(root), train_subset)
 
 
 def _file_stamp(root: str | None) -> tuple[int, int] | None:
@@ -115,11 +121,28 @@ def _file_stamp(root: str | None) -> tuple[int, int] | None:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(name: str, root: str | None, val_fraction: float, stamp: tuple[int, int] | None) -> DataBundle:
+def _load_cached(name: str, root: str | None, val_fraction: float, stamp: tuple[int, int] | None,
+                 train_subset: int | None = None) -> DataBundle:
     train, test, n_classes = _RAW_LOADERS[name](root)
+    if train_subset is not None:
+        train = _training_subset(train, train_subset, name)
     val, test = _carve_validation(test, val_fraction)
     mean, std = _channel_stats(train.x)
     return DataBundle(name, train, val, test, n_classes, mean, std)
+
+
+def _training_subset(train: Split, size: int, name: str) -> Split:
+    """A class-stratified subset of ``size`` training examples, in their original order."""
+    from sklearn.model_selection import train_test_split
+
+    if not 2 <= size <= len(train):
+        raise DataError(f"train_subset {size} is not between 2 and the {len(train)} training examples of {name}")
+    if size == len(train):
+        return train
+    labels = train.y.numpy()
+    stratify = labels if np.bincount(labels).min() >= 2 and size >= len(np.unique(labels)) else None
+    keep, _ = train_test_split(np.arange(len(train)), train_size=size, stratify=stratify, random_state=SUBSET_SEED)
+    return train.subset(np.sort(keep))
 
 
 def _carve_validation(test: Split, fraction: float) -> tuple[Split, Split]:

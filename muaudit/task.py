@@ -55,17 +55,20 @@ def _check_type(what: str, value: Any, kind: type, optional: bool = False) -> No
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Which data set, where it lives (not hashed) and the validation fraction carved from its test split."""
+    """Which data set, where it lives (not hashed), the validation fraction carved from its test split, and an
+    optional class-stratified subset of ``train_subset`` training examples (drawn with a fixed seed: a property of
+    the data, like the validation split; used to make a task small enough to memorise its forget set)."""
 
     name: str = "digits"
     root: str | None = None
     val_fraction: float = 0.2
+    train_subset: int | None = None
 
     def __post_init__(self) -> None:
         _float_fields(self, ("val_fraction",))
 
     def load(self) -> DataBundle:
-        return load_dataset(self.name, self.root, self.val_fraction)
+        return load_dataset(self.name, self.root, self.val_fraction, self.train_subset)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class Task:
         payload = self.to_dict()
         payload.pop("name")
         payload["dataset"].pop("root")
+        if payload["dataset"]["train_subset"] is None:  # absent before train_subset existed: old hashes stay valid
+            payload["dataset"].pop("train_subset")
         payload["forget"]["path"] = None  # where an index file lives is not part of the experiment
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -325,6 +330,9 @@ def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
     _check_type("dataset name", task.dataset.name, str)
     _check_type("dataset root", task.dataset.root, str, optional=True)
     _check_type("dataset val_fraction", task.dataset.val_fraction, float)
+    _check_type("dataset train_subset", task.dataset.train_subset, int, optional=True)
+    if task.dataset.train_subset is not None and task.dataset.train_subset < 2:
+        raise TaskError(f"dataset train_subset must be at least 2, got {task.dataset.train_subset}")
     if task.dataset.name not in DATASETS:
         raise TaskError(f"unknown dataset {task.dataset.name!r} (known: {', '.join(DATASETS)})")
     task.forget.validate()
@@ -494,6 +502,19 @@ NAMED_TASKS: dict[str, Task] = {
     "cifar100-class": _cifar("cifar100", ForgetSpec("full-class", cls=0), "cifar100-class"),
     "cifar20-subclass": _cifar("cifar20", ForgetSpec("sub-class", cls=0), "cifar20-subclass"),
 }
+
+
+def spec_key(task: Task) -> tuple[Any, ...]:
+    """What makes two tasks the same experiment before materialisation: everything but the display name, the data
+    root and the drawn indices."""
+    return (task.dataset.name, task.dataset.val_fraction, task.dataset.train_subset, task.forget, task.model.arch,
+            tuple(sorted(dict(task.model.options).items())), task.recipe, task.seed)
+
+
+def named_match(task: Task) -> str | None:
+    """The name of the built-in task with the same specification as ``task`` (see :func:`spec_key`), if any."""
+    key = spec_key(task)
+    return next((name for name, named in NAMED_TASKS.items() if spec_key(named) == key), None)
 
 
 def resolve_task(spec: str, data_root: str | None = None) -> Task:
