@@ -28,6 +28,7 @@ from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError, TaskError
 from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
 from muaudit.plugins import LoadedPlugin
+from muaudit.presets import TaskProfile, profile_of
 from muaudit.results import AttackReport, Readout, Scorecard
 from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import ModelSpec, Task, spec_key
@@ -66,6 +67,11 @@ class AuditSetup:
     def train(self) -> Split:
         """D as the original model saw it (flipped labels on a label-flip poisoning task)."""
         return self.task.training_split(self.data)
+
+    @cached_property
+    def profile(self) -> TaskProfile:
+        """The task's scale, from which methods' ``preset="auto"`` defaults are resolved."""
+        return profile_of(self.task, self.data)
 
     @cached_property
     def forget(self) -> Split:
@@ -163,6 +169,7 @@ def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None =
 
     The original comes from ``checkpoint`` (whose metadata names its task; a bare state dict needs ``task``) or,
     without one, is trained (and cached) from ``task``, which defaults to the named ``digits`` task.
+    ``gold_count=0`` prepares everything but the gold models (``muaudit tune`` must never see them).
     """
     from muaudit.task import NAMED_TASKS
 
@@ -186,7 +193,7 @@ def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None =
         source["train_seconds"] = trained.train_seconds
     source["state_sha256"] = state_dict_sha256(original.state_dict())
     setup = AuditSetup(task, data, original, source, [], device, cache, progress, _bank=bank)
-    setup.golds = train_golds(bank, gold_count)
+    setup.golds = train_golds(bank, gold_count) if gold_count else []
     return setup
 
 
@@ -201,6 +208,7 @@ class MethodRun:
     seed: int
     seconds: float
     stats_seconds: float
+    preset: dict[str, Any] | None = None
 
 
 def method_context(setup: AuditSetup, seed: int, label: str | None) -> MethodContext:
@@ -208,7 +216,7 @@ def method_context(setup: AuditSetup, seed: int, label: str | None) -> MethodCon
     return MethodContext(device=setup.device, seed=seed, recipe=task.recipe, n_classes=data.n_classes,
                          input_shape=data.input_shape,
                          fresh_model=lambda s: fresh_model(task, data, s).to(setup.device),
-                         progress=label if setup.progress else None)
+                         progress=label if setup.progress else None, task=setup.profile)
 
 
 def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlugin,
@@ -228,8 +236,11 @@ def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlug
 
 def run_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], seed: int | None = None
                ) -> MethodRun:
-    """Apply the method to a private copy of the original model, with only the data it declared."""
-    method: UnlearningMethod = plugin.cls(**params)
+    """Apply the method to a private copy of the original model, with only the data it declared.
+
+    A ``preset="auto"`` default is resolved for the task first, so the run records concrete values.
+    """
+    method: UnlearningMethod = plugin.cls(**params).for_task(setup.profile)
     seed = derive_seed(setup.task.seed, "method") if seed is None else seed
     ctx = method_context(setup, seed, plugin.spec.name)
     needs = plugin.cls.needs
@@ -244,7 +255,17 @@ def run_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], 
     result = method.unlearn(model, data, ctx)
     seconds = time.perf_counter() - start
     _check_result(plugin, setup.original, result)
-    return MethodRun(result.eval(), plugin, method.hparams.as_dict(), seed, seconds, stats_seconds)
+    return MethodRun(result.eval(), plugin, method.hparams.as_dict(), seed, seconds, stats_seconds,
+                     _preset_info(method, params))
+
+
+def _preset_info(method: UnlearningMethod, given: dict[str, Any]) -> dict[str, Any] | None:
+    """Which preset filled the defaults, why, and whether the user left it to ``auto``."""
+    choice = method.preset_choice
+    if choice is None:
+        return None
+    return {"name": choice.name, "reason": choice.reason, "auto": given.get("preset", "auto") == "auto",
+            "overridden": sorted(k for k, v in given.items() if k != "preset" and v is not None)}
 
 
 def _check_result(plugin: LoadedPlugin, original: nn.Module, result: Any) -> None:
@@ -413,14 +434,14 @@ class ShadowUnlearner:
 
     def __init__(self, setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], seed: int) -> None:
         self.setup, self.plugin, self.params, self.seed = setup, plugin, dict(params), seed
-        method = plugin.cls(**params)
+        method = plugin.cls(**params).for_task(setup.profile)
         self.label = {"method": plugin.spec.qualified_name, "version": plugin.spec.version,
                       "params": method.hparams.as_dict(), "seed": seed}
 
     def unlearn(self, model: nn.Module, pool: Split, train_idx: np.ndarray, forget_idx: np.ndarray,
                 shadow_seed: int) -> nn.Module:
         setup, needs = self.setup, self.plugin.cls.needs
-        method: UnlearningMethod = self.plugin.cls(**self.params)
+        method: UnlearningMethod = self.plugin.cls(**self.params).for_task(setup.profile)
         seed = derive_seed(self.seed, "shadow", shadow_seed)
         ctx = method_context(setup, seed, None)
         train_idx, forget_idx = np.array(train_idx, dtype=np.int64), np.array(forget_idx, dtype=np.int64)
@@ -664,8 +685,9 @@ def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Seq
 
 def _method_info(run: MethodRun) -> dict[str, Any]:
     cls = run.plugin.cls
-    return {"name": run.plugin.spec.name, "summary": cls.summary, "paper": cls.paper,
+    info = {"name": run.plugin.spec.name, "summary": cls.summary, "paper": cls.paper,
             "params": run.params, "needs": sorted(cls.needs), "seed": run.seed}
+    return info | ({"preset": run.preset} if run.preset is not None else {})
 
 
 def _task_info(task: Task) -> dict[str, Any]:

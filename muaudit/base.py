@@ -10,6 +10,7 @@ by the plugin.
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
@@ -21,6 +22,7 @@ from torch import nn
 from muaudit.data import Split
 from muaudit.errors import UndeclaredDataError
 from muaudit.params import Param, ParamSet, validate_params
+from muaudit.presets import AUTO, PresetChoice, Relative, TaskProfile, choose_preset
 from muaudit.task import Recipe
 
 #: What a method may declare beyond the forget set, which every method receives.
@@ -84,7 +86,8 @@ class MethodContext:
 
     ``fresh_model(seed)`` builds the task's architecture with every layer freshly initialised (used by
     ``retrain`` and by methods that need an incompetent teacher). ``progress`` is a label for progress bars, or
-    ``None`` for silence.
+    ``None`` for silence. ``task`` is the :class:`~muaudit.presets.TaskProfile` (the task's scale, never its
+    data) from which a ``preset="auto"`` default is resolved.
     """
 
     device: torch.device
@@ -94,6 +97,7 @@ class MethodContext:
     input_shape: tuple[int, ...]
     fresh_model: Callable[[int], nn.Module]
     progress: str | None = None
+    task: TaskProfile | None = None
 
     def generator(self, *labels: object) -> torch.Generator:
         """A CPU generator seeded from the run seed and ``labels``."""
@@ -119,12 +123,87 @@ class _Plugin:
 
 
 class UnlearningMethod(_Plugin, ABC):
-    """Base class of unlearning methods (entry-point group ``muaudit.methods``)."""
+    """Base class of unlearning methods (entry-point group ``muaudit.methods``).
+
+    Presets: a method may declare named value sets in :attr:`presets` and a ``preset`` parameter. A concrete
+    preset name fills every parameter the caller did not give (or gave as ``None``); ``"auto"`` is resolved
+    from the task's :class:`~muaudit.presets.TaskProfile` by :meth:`auto_preset` (see :mod:`muaudit.presets`),
+    either by the audit (:meth:`for_task`) or, at the latest, when :meth:`unlearn` receives a context with a
+    task profile. ``hparams`` then holds concrete values and :attr:`preset_choice` says which preset and why.
+    """
 
     #: Data beyond the forget set that the method needs: a subset of :data:`DATA_NEEDS`.
     needs: ClassVar[frozenset[str]] = frozenset()
     #: False for methods whose output legitimately varies for a fixed seed.
     deterministic: ClassVar[bool] = True
+    #: Named presets: parameter name -> value (a :class:`~muaudit.presets.Relative` value follows the recipe).
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._given = dict(params)
+        self.preset_choice: PresetChoice | None = None
+        if self.preset_pending and self.hparams["preset"] != AUTO:
+            self._apply_preset(self.hparams["preset"], "chosen explicitly", None)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each ``unlearn`` so that a still-pending ``"auto"`` preset is resolved from ``ctx.task`` first."""
+        super().__init_subclass__(**kwargs)
+        impl = cls.__dict__.get("unlearn")
+        if impl is None or getattr(impl, "__isabstractmethod__", False) or getattr(impl, "_resolves_preset", False):
+            return
+
+        @functools.wraps(impl)
+        def unlearn(self: UnlearningMethod, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:
+            if self.preset_pending:
+                self.for_task(ctx.task)
+            return impl(self, model, data, ctx)
+
+        unlearn._resolves_preset = True  # type: ignore[attr-defined]
+        cls.unlearn = unlearn  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------------------------ presets
+    @property
+    def preset_pending(self) -> bool:
+        """True while a declared ``preset`` parameter has not yet filled the other parameters."""
+        return bool(self.presets) and "preset" in self.hparams.values and self.preset_choice is None
+
+    @classmethod
+    def auto_preset(cls, profile: TaskProfile) -> PresetChoice:
+        """The preset ``"auto"`` stands for on a task of this profile (default rule: :mod:`muaudit.presets`)."""
+        return choose_preset(cls.presets, profile)
+
+    def preset_values(self, name: str) -> Mapping[str, Any]:
+        """The values of preset ``name`` (a method may adapt them to other parameters, e.g. a variant)."""
+        return self.presets[name]
+
+    def for_task(self, profile: TaskProfile | None) -> "UnlearningMethod":
+        """Resolve a pending preset for ``profile`` in place (``"auto"`` via :meth:`auto_preset`); returns self."""
+        from muaudit.errors import ParameterError
+
+        if not self.preset_pending:
+            return self
+        name = self.hparams["preset"]
+        if name == AUTO:
+            if profile is None:
+                raise ParameterError(f"{self.display_name()}: preset 'auto' needs the task profile; pass a preset "
+                                     f"by name ({', '.join(self.presets)}) or run it through muaudit's audit")
+            choice = self.auto_preset(profile)
+            self._apply_preset(choice.name, choice.reason, profile)
+        else:
+            self._apply_preset(name, "chosen explicitly", profile)
+        return self
+
+    def _apply_preset(self, name: str, reason: str, profile: TaskProfile | None) -> None:
+        values = self.preset_values(name)
+        if profile is None and any(isinstance(v, Relative) for v in values.values()):
+            return  # recipe-relative values wait for the task
+        kinds = {p.name: p.type for p in self.params}
+        filled = {k: (v.resolve(profile, kinds[k]) if isinstance(v, Relative) else v) for k, v in values.items()
+                  if self._given.get(k) is None}
+        explicit = {k: v for k, v in self._given.items() if v is not None}
+        self.hparams = validate_params(self.display_name(), self.params, {**filled, **explicit, "preset": name})
+        self.preset_choice = PresetChoice(name, reason)
 
     @abstractmethod
     def unlearn(self, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:

@@ -62,10 +62,54 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Param:
-    """One hyperparameter: name, type, default, constraint and a one-line help text.
+class Search:
+    """Where ``muaudit tune`` may look for a parameter: ``[low, high]`` (log-uniform when ``log``) or ``choices``.
 
-    ``nullable`` allows ``None`` (written ``none`` on the command line).
+    A unit-interval coordinate ``u`` (from a Latin hypercube, see :mod:`muaudit.tune`) maps to a value with
+    :meth:`value`: numbers by linear or logarithmic interpolation (integers rounded), choices by equal bins.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            if self.low is not None or self.high is not None or self.log:
+                raise ParameterError("a Search has either choices or a [low, high] range, not both")
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ParameterError(f"a Search range needs low < high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ParameterError(f"a log-scale Search needs low > 0, got {self.low}")
+
+    @property
+    def size(self) -> float:
+        """The number of distinct values (``inf`` for a continuous range)."""
+        return float(len(self.choices)) if self.choices else math.inf
+
+    def value(self, u: float, kind: type) -> Any:
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        low, high = float(self.low), float(self.high)  # type: ignore[arg-type]
+        x = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if self.log else low + u * (high - low)
+        if kind is int:
+            return int(min(max(round(x), math.ceil(low)), math.floor(high)))
+        return float(f"{x:.3g}")  # three significant digits: readable, and distinct enough for a search
+
+    def __str__(self) -> str:
+        if self.choices:
+            return "{" + ", ".join(repr(c) for c in self.choices) + "}"
+        return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: name, type, default, constraint, a one-line help text and its tuning range.
+
+    ``nullable`` allows ``None`` (written ``none`` on the command line). ``search`` is where ``muaudit tune``
+    may look (``None``: the parameter is not tuned).
     """
 
     name: str
@@ -74,15 +118,28 @@ class Param:
     help: str
     constraint: Interval | Choice | None = None
     nullable: bool = False
+    search: Search | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             supported = ", ".join(t.__name__ for t in _TYPES)
             raise ParameterError(f"parameter {self.name!r} has unsupported type {self.type!r} (use {supported})")
+        if self.search is not None:
+            self._check_search(self.search)
+
+    def _check_search(self, search: Search) -> None:
+        """Every value the search can produce must pass the constraint."""
+        ends = search.choices or (search.value(0.0, self.type), search.value(1.0, self.type))
+        for value in ends:
+            try:
+                self.check("the search space", value)
+            except ParameterError as exc:
+                raise ParameterError(f"the search range of {self.name!r} leaves its constraint: {exc}") from None
 
     def describe(self) -> str:
         rule = f" {self.constraint}" if self.constraint is not None else ""
-        return f"{self.name}: {self.type.__name__}{rule} (default {self.default!r}) - {self.help}"
+        tune = f"; tuned over {self.search}" if self.search is not None else ""
+        return f"{self.name}: {self.type.__name__}{rule} (default {self.default!r}{tune}) - {self.help}"
 
     def check(self, owner: str, value: Any) -> Any:
         """Return ``value`` coerced to the declared type, or raise :class:`ParameterError`."""

@@ -153,3 +153,12 @@ def profile_of(task: Any, data: Any) -> TaskProfile:
         n_forget=len(task.forget_indices or ()), n_train=len(data.train), n_classes=int(data.n_classes),
         input_shape=tuple(int(s) for s in data.input_shape), arch=task.model.arch, epochs=task.recipe.epochs,
         lr=float(task.recipe.lr), batch_size=task.recipe.batch_size)
+
+
+def preset_param(presets: Mapping[str, Any], help_text: str = "") -> Any:
+    """The ``preset`` parameter of a method with these ``presets`` (default ``"auto"``: chosen for the task)."""
+    from muaudit.params import Choice, Param
+
+    text = help_text or "named defaults: " + ", ".join(presets)
+    return Param("preset", str, AUTO, f"{text}; auto = chosen for the task (muaudit.presets)",
+                 Choice((AUTO, *presets)))

@@ -48,7 +48,8 @@ from torch.nn import functional as F
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.training import derive_seed, progress_bar
 
 #: Label from which the incompetent teacher's initialisation seed is derived: derive_seed(ctx.seed, label).
@@ -81,6 +82,11 @@ def unlearning_data(forget: Split, retain: Split, fraction: float, gen: torch.Ge
     return combined, flags
 
 
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"lr": 1e-4, "epochs": 1, "temperature": 1.0},
+}
+
+
 class BadTeacher(UnlearningMethod):
     """Student distils the incompetent teacher on D_f and the original model on part of D_r."""
 
@@ -88,11 +94,15 @@ class BadTeacher(UnlearningMethod):
     summary = "Bad Teacher / blindspot: KL distillation from a random teacher on D_f, the original on D_r."
     paper = "Chundawat et al., Can Bad Teaching Induce Forgetting?, AAAI 2023"
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
-        Param("lr", float, 1e-4, "Adam learning rate", Interval(0, None, closed="neither")),
-        Param("epochs", int, 1, "epochs over the unlearning data", Interval(1, None)),
+        preset_param(PRESETS),
+        Param("lr", float, 1e-4, "Adam learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-5, 0.1, log=True)),
+        Param("epochs", int, 1, "epochs over the unlearning data", Interval(1, None), search=Search(1, 10)),
         Param("batch_size", int, 256, "mini-batch size", Interval(1, None)),
-        Param("temperature", float, 1.0, "KL temperature T", Interval(0, None, closed="neither")),
+        Param("temperature", float, 1.0, "KL temperature T", Interval(0, None, closed="neither"),
+              search=Search(0.5, 4.0, log=True)),
         Param("retain_fraction", float, 0.3, "fraction of D_r drawn into the unlearning data", Interval(0, 1)),
         Param("kl_reduction", str, "mean", "'mean' (official: per-example KL / K) or 'batchmean' (NatMU)",
               Choice(("mean", "batchmean"))),

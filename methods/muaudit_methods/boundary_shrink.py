@@ -55,7 +55,8 @@ from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 
 
 def fgsm_inputs(labeller: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: float,
@@ -87,6 +88,11 @@ def fgsm_neighbour_labels(labeller: nn.Module, split: Split, bound: float, discr
     return torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
 
 
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"epochs": 10, "lr": 1e-5, "bound": 0.1},
+}
+
+
 class BoundaryShrink(UnlearningMethod):
     """Fine-tune on D_f relabelled with the original model's FGSM neighbour labels."""
 
@@ -95,14 +101,18 @@ class BoundaryShrink(UnlearningMethod):
     paper = ("Chen et al., Boundary Unlearning, CVPR 2023; defaults from the authors' code "
              "(TY-LEE-KR/Boundary-Unlearning-Code)")
     needs = frozenset()
+    presets = PRESETS
     params = (
-        Param("epochs", int, 10, "epochs over D_f (authors' poison_epoch)", Interval(1, None)),
-        Param("lr", float, 1e-5, "SGD learning rate (authors' code)", Interval(0, None, closed="neither")),
+        preset_param(PRESETS),
+        Param("epochs", int, 10, "epochs over D_f (authors' poison_epoch)", Interval(1, None), search=Search(1, 20)),
+        Param("lr", float, 1e-5, "SGD learning rate (authors' code)", Interval(0, None, closed="neither"),
+              search=Search(1e-6, 0.1, log=True)),
         Param("batch_size", int, 64, "mini-batch size (authors' default)", Interval(1, None)),
         Param("momentum", float, 0.9, "SGD momentum", Interval(0, 1, closed="left")),
         Param("weight_decay", float, 0.0, "SGD weight decay (0 in the authors' code, 5e-4 in SalUn's port)",
               Interval(0, None)),
-        Param("bound", float, 0.1, "FGSM step / L_inf bound in [0, 1] pixel units", Interval(0, 1, closed="right")),
+        Param("bound", float, 0.1, "FGSM step / L_inf bound in [0, 1] pixel units", Interval(0, 1, closed="right"),
+              search=Search(0.01, 0.5, log=True)),
         Param("discretize", bool, True, "round adversarial inputs to multiples of 1/255 (both references do)"),
     )
 

@@ -10,9 +10,15 @@ from __future__ import annotations
 from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.task import Recipe
 from muaudit.training import derive_seed, fit
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"epochs": 5, "lr": 0.02},
+}
 
 
 class Finetune(UnlearningMethod):
@@ -22,9 +28,12 @@ class Finetune(UnlearningMethod):
     summary = "Fine-tune the original model on the retain set (FT)."
     paper = "Warnecke et al. 2023 / Golatkar et al. 2020 (FT baseline); defaults from the SSD code"
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
-        Param("epochs", int, 5, "epochs over D_r", Interval(1, None)),
-        Param("lr", float, 0.02, "SGD learning rate", Interval(0, None, closed="neither")),
+        preset_param(PRESETS),
+        Param("epochs", int, 5, "epochs over D_r", Interval(1, None), search=Search(1, 30)),
+        Param("lr", float, 0.02, "SGD learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-3, 0.5, log=True)),
         Param("batch_size", int, 128, "mini-batch size", Interval(1, None)),
         Param("momentum", float, 0.9, "SGD momentum", Interval(0, 1, closed="left")),
         Param("weight_decay", float, 5e-4, "SGD weight decay", Interval(0, None)),

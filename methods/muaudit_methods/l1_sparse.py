@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 
 
 def l1_weight(alpha: float, epoch: int, epochs: int, no_l1_epochs: int) -> float:
@@ -57,6 +58,11 @@ def l1_norm(model: nn.Module) -> torch.Tensor:
     return torch.stack([p.abs().sum() for p in model.parameters()]).sum()
 
 
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"alpha": 1e-4, "epochs": 10, "lr": 0.01},
+}
+
+
 class L1Sparse(UnlearningMethod):
     """Fine-tune on D_r with a linearly decaying L1 penalty on all parameters."""
 
@@ -65,10 +71,14 @@ class L1Sparse(UnlearningMethod):
     paper = ("Jia et al., Model Sparsity Can Simplify Machine Unlearning, NeurIPS 2023; "
              "defaults from SalUn's FT_l1 and third-party SalUn scripts")
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
-        Param("alpha", float, 1e-4, "initial L1 weight (NOT SalUn's argparse default 0.2)", Interval(0, None)),
-        Param("epochs", int, 10, "epochs over D_r", Interval(1, None)),
-        Param("lr", float, 0.01, "SGD learning rate", Interval(0, None, closed="neither")),
+        preset_param(PRESETS),
+        Param("alpha", float, 1e-4, "initial L1 weight (NOT SalUn's argparse default 0.2)", Interval(0, None),
+              search=Search(1e-6, 1e-2, log=True)),
+        Param("epochs", int, 10, "epochs over D_r", Interval(1, None), search=Search(1, 20)),
+        Param("lr", float, 0.01, "SGD learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-3, 0.5, log=True)),
         Param("batch_size", int, 256, "mini-batch size", Interval(1, None)),
         Param("momentum", float, 0.9, "SGD momentum", Interval(0, 1, closed="left")),
         Param("weight_decay", float, 5e-4, "SGD weight decay", Interval(0, None)),

@@ -59,7 +59,8 @@ from torch import nn
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
 from muaudit.errors import ParameterError
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.task import Recipe
 from muaudit.training import derive_seed, fit
 
@@ -117,6 +118,14 @@ def train_layers(model: nn.Module, names: list[str], split: Split, recipe: Recip
     return model.eval()
 
 
+EUK_PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"k": 3},
+}
+CFK_PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"k": 3, "epochs": 10, "lr": 0.01},
+}
+
+
 class EUk(UnlearningMethod):
     """Exact unlearning of the last k layers: re-initialise them and retrain them alone on D_r."""
 
@@ -125,11 +134,15 @@ class EUk(UnlearningMethod):
     paper = ("Goel et al., Evaluating Inexact Unlearning Requires Revisiting Forgetting, 2022 (EU-k); "
              "k = 3 as in PGU (Hoang et al., WACV 2024)")
     needs = frozenset({"retain"})
+    presets = EUK_PRESETS
     params = (
-        Param("k", int, 3, "number of last Linear/Conv layers to re-initialise and retrain", Interval(1, None)),
-        Param("epochs", int, None, "training epochs (none = the task recipe's)", Interval(1, None), nullable=True),
+        preset_param(EUK_PRESETS),
+        Param("k", int, 3, "number of last Linear/Conv layers to re-initialise and retrain", Interval(1, None),
+              search=Search(1, 3)),
+        Param("epochs", int, None, "training epochs (none = the task recipe's)", Interval(1, None), nullable=True,
+              search=Search(1, 30)),
         Param("lr", float, None, "base learning rate (none = the task recipe's)",
-              Interval(0, None, closed="neither"), nullable=True),
+              Interval(0, None, closed="neither"), nullable=True, search=Search(1e-3, 0.5, log=True)),
         Param("batch_size", int, None, "mini-batch size (none = the task recipe's)", Interval(1, None),
               nullable=True),
     )
@@ -156,10 +169,13 @@ class CFk(UnlearningMethod):
     paper = ("Goel et al., Evaluating Inexact Unlearning Requires Revisiting Forgetting, 2022 (CF-k); "
              "recipe from SCRUB's MIA_experiments notebook")
     needs = frozenset({"retain"})
+    presets = CFK_PRESETS
     params = (
-        Param("k", int, 3, "number of last Linear/Conv layers to fine-tune", Interval(1, None)),
-        Param("epochs", int, 10, "epochs over D_r", Interval(1, None)),
-        Param("lr", float, 0.01, "SGD learning rate", Interval(0, None, closed="neither")),
+        preset_param(CFK_PRESETS),
+        Param("k", int, 3, "number of last Linear/Conv layers to fine-tune", Interval(1, None), search=Search(1, 3)),
+        Param("epochs", int, 10, "epochs over D_r", Interval(1, None), search=Search(1, 30)),
+        Param("lr", float, 0.01, "SGD learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-3, 0.5, log=True)),
         Param("batch_size", int, 64, "mini-batch size", Interval(1, None)),
         Param("momentum", float, 0.0, "SGD momentum (none in SCRUB's code)", Interval(0, 1, closed="left")),
         Param("weight_decay", float, 0.0, "SGD weight decay (none in SCRUB's code)", Interval(0, None)),

@@ -100,7 +100,8 @@ from torch import nn
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
 from muaudit.errors import MuauditError
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.training import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -171,13 +172,13 @@ class MUMis(UnlearningMethod):
     paper = ("Cheng, Huang and Huang, 'Machine Unlearning by Suppressing Sample Contribution' (MU-Mis), "
              "Algorithm 1 and eq. (1)")
     needs = frozenset()
+    presets = PRESETS
     params = (
-        Param("preset", str, "paper", "default lr/delta/max_iters: paper (CIFAR) or a muaudit named task",
-              Choice(tuple(PRESETS))),
+        preset_param(PRESETS, "lr/delta/max_iters: paper (CIFAR) or a muaudit named task's calibration"),
         Param("lr", float, None, "step length eta (none = the preset's)", Interval(0, None, closed="neither"),
-              nullable=True),
+              nullable=True, search=Search(1e-6, 1e-2, log=True)),
         Param("delta", float, None, "stop once (L0 - L)/|D_f| >= delta; inf = never (none = the preset's)",
-              Interval(0, None), nullable=True),
+              Interval(0, None), nullable=True, search=Search(0.5, 50.0, log=True)),
         Param("max_iters", int, None, "max iterations T_MU (none = the preset's)", Interval(1, None),
               nullable=True),
         Param("batch_size", int, 128, "forget samples per double-backprop call (memory only)", Interval(1, None)),

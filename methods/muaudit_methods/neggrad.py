@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"epochs": 5, "lr": 1e-4},
+}
 
 
 class NegGrad(UnlearningMethod):
@@ -21,9 +27,12 @@ class NegGrad(UnlearningMethod):
     name = "neggrad"
     summary = "Gradient ascent on the forget set (NegGrad / GA)."
     paper = "Golatkar et al. 2020; Thudi et al. 2022 (GA baseline); defaults from the SalUn README"
+    presets = PRESETS
     params = (
-        Param("epochs", int, 5, "epochs over D_f", Interval(1, None)),
-        Param("lr", float, 1e-4, "SGD learning rate", Interval(0, None, closed="neither")),
+        preset_param(PRESETS),
+        Param("epochs", int, 5, "epochs over D_f", Interval(1, None), search=Search(1, 20)),
+        Param("lr", float, 1e-4, "SGD learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-5, 0.1, log=True)),
         Param("batch_size", int, 256, "mini-batch size", Interval(1, None)),
         Param("momentum", float, 0.9, "SGD momentum", Interval(0, 1, closed="left")),
         Param("weight_decay", float, 5e-4, "SGD weight decay", Interval(0, None)),

@@ -43,7 +43,8 @@ from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.training import progress_bar
 
 
@@ -58,6 +59,11 @@ def forget_batches(forget: Split, batch_size: int, gen: torch.Generator) -> list
     return list(forget.batches(batch_size, shuffle=True, generator=gen))
 
 
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"beta": 0.95, "epochs": 10, "lr": 0.01},
+}
+
+
 class NegGradPlus(UnlearningMethod):
     """beta * CE on D_r minus (1 - beta) * CE on D_f, one retain and one forget batch per step."""
 
@@ -65,11 +71,14 @@ class NegGradPlus(UnlearningMethod):
     summary = "NegGrad+: descent on D_r and ascent on D_f in every step, weighted by beta."
     paper = "Kurmanji et al., Towards Unbounded Machine Unlearning, NeurIPS 2023 (NegGrad+ baseline)"
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
+        preset_param(PRESETS),
         Param("beta", float, 0.95, "weight of the retain loss; 1 - beta weighs the forget ascent",
-              Interval(0, 1, closed="both")),
-        Param("epochs", int, 10, "passes over D_r", Interval(1, None)),
-        Param("lr", float, 0.01, "SGD learning rate", Interval(0, None, closed="neither")),
+              Interval(0, 1, closed="both"), search=Search(0.5, 0.999)),
+        Param("epochs", int, 10, "passes over D_r", Interval(1, None), search=Search(1, 20)),
+        Param("lr", float, 0.01, "SGD learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-3, 0.5, log=True)),
         Param("batch_size", int, 128, "retain mini-batch size", Interval(1, None)),
         Param("forget_batch_size", int, 64, "forget mini-batch size", Interval(1, None)),
         Param("momentum", float, 0.0, "SGD momentum", Interval(0, 1, closed="left")),

@@ -179,7 +179,8 @@ from torch import nn
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
 from muaudit.errors import ParameterError
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.training import predict_logits, progress_bar
 
 #: Prefix of the per-layer covariance entries in the train statistics (``"cov/" + layer name``).
@@ -197,7 +198,7 @@ LOG_EPS_DEPOISON = 1e-10
 SMALL_EIGH = 1024
 
 #: Per (preset, depoison) defaults; see the module docstring for their sources.
-PRESETS: dict[tuple[str, bool], dict[str, float]] = {
+_TABLE: dict[tuple[str, bool], dict[str, float]] = {
     ("paper", False): {"gamma": 0.95, "start_lr": 0.05, "end_lr": 0.01, "epochs": 100, "epsilon": 0.05,
                        "lam": 0.2, "batch_size": 128, "early_stop_drop": 5.0},
     ("paper", True): {"gamma": 0.95, "start_lr": 0.1, "end_lr": 0.05, "epochs": 100, "epsilon": 0.1,
@@ -210,6 +211,14 @@ PRESETS: dict[tuple[str, bool], dict[str, float]] = {
                         "lam": 0.2, "batch_size": 128, "early_stop_drop": 1.0},
     ("fmnist", True): {"gamma": 0.95, "start_lr": 0.1, "end_lr": 0.05, "epochs": 100, "epsilon": 0.1,
                        "lam": -0.2, "batch_size": 128, "early_stop_drop": 5.0},
+}
+
+
+#: Named presets: each table row; the "-poison" rows also switch on the de-poisoning variant (the auto rule picks
+#: them on label-flip tasks).
+PRESETS: dict[str, dict[str, Any]] = {
+    **{name: dict(values) for (name, poison), values in _TABLE.items() if not poison},
+    **{f"{name}-poison": {**values, "depoison": True} for (name, poison), values in _TABLE.items() if poison},
 }
 
 
@@ -428,8 +437,9 @@ class SequenceResult:
 
 
 # ------------------------------------------------------------------------------------------ the method
-def _nullable(name: str, type_: type, help_: str, constraint: Interval | Choice | None = None) -> Param:
-    return Param(name, type_, None, help_ + " (none = the preset's value)", constraint, nullable=True)
+def _nullable(name: str, type_: type, help_: str, constraint: Interval | Choice | None = None,
+              search: Search | None = None) -> Param:
+    return Param(name, type_, None, help_ + " (none = the preset's value)", constraint, nullable=True, search=search)
 
 
 class PGU(UnlearningMethod):
@@ -442,20 +452,20 @@ class PGU(UnlearningMethod):
              "Unlearning Interference with Gradient Projection', WACV 2024 (code: hnanhtuan/"
              "projected_gradient_unlearning)")
     needs = frozenset({"train_stats", "validation"})
+    presets = PRESETS
     params = (
-        Param("preset", str, "paper", "default settings: paper (CIFAR-10 SmallVGG), digits or fmnist",
-              Choice(("paper", "digits", "fmnist"))),
+        preset_param(PRESETS, "paper (CIFAR-10 SmallVGG), digits or fmnist; '-poison' = the de-poisoning row"),
         Param("depoison", bool, False, "de-poisoning variant (depoisoning.py loss, lr and stopping rule)"),
         Param("mode", str, "auto", "sample or class removal (stopping rule, core rank, shuffling); auto = "
               "class removal when D_f holds every training example of its classes",
               Choice(("auto", "sample", "class"))),
         _nullable("gamma", float, "energy threshold gamma on singular values (1 = freeze every layer)",
-                  Interval(0, 1)),
+                  Interval(0, 1), Search(0.5, 0.99)),
         Param("layer_gamma", str, "", "per-layer gamma overrides 'name=value,...' (1.0 freezes that layer)"),
         Param("gamma_step", float, 0.0, "added to gamma at each later step of unlearn_sequence "
               "(retained_var_step)", Interval(0, 1)),
         _nullable("start_lr", float, "learning rate of epoch 0 (exponential decay)",
-                  Interval(0, None, closed="neither")),
+                  Interval(0, None, closed="neither"), Search(0.01, 2.0, log=True)),
         _nullable("end_lr", float, "learning rate reached after `epochs` epochs", Interval(0, None, closed="neither")),
         _nullable("epochs", int, "number of epochs, epoch 0 included (it only evaluates)", Interval(1, None)),
         _nullable("epsilon", float, "offset eps of the reverse cross-entropy", Interval(0, 1, closed="neither")),
@@ -473,13 +483,21 @@ class PGU(UnlearningMethod):
         self.last_steps: list[StepInfo] = []
 
     # -------------------------------------------------------------------------------- settings
+    def preset_values(self, name: str) -> Mapping[str, Any]:
+        """The preset's row; an explicit ``depoison`` picks the matching (de-poisoning or not) row of its scale."""
+        base = name.removesuffix("-poison")
+        wanted = self._given.get("depoison")
+        if wanted is None:
+            return PRESETS[name]
+        return PRESETS[f"{base}-poison" if wanted else base]
+
     def setting(self, key: str) -> Any:
-        """The explicit value of ``key`` or, when ``None``, the (preset, depoison) default."""
+        """The resolved value of ``key`` (explicit, else the preset's)."""
         value = self.hparams[key]
-        if value is not None:
-            return value
-        default = PRESETS[(self.hparams["preset"], self.hparams["depoison"])][key]
-        return int(default) if key in ("epochs", "batch_size") else float(default)
+        if value is None:
+            raise ParameterError(f"PGU setting {key!r} is unresolved: preset 'auto' needs the task (run PGU "
+                                 "through muaudit, or pass a preset by name)")
+        return value
 
     def gamma_for(self, layer: str, step: int) -> float:
         base = self._layer_gamma.get(layer, self.setting("gamma"))

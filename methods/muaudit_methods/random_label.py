@@ -50,7 +50,8 @@ from torch import nn
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
 from muaudit.errors import ParameterError
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.training import progress_bar
 
 VARIANTS = ("amnesiac", "salun", "salun-shuffled")
@@ -185,19 +186,27 @@ def run_random_label(model: nn.Module, forget: Split, retain: Split, settings: R
     return model.eval()
 
 
-def _nullable(name: str, type_: type, help_: str, constraint: Interval | Choice) -> Param:
-    return Param(name, type_, None, help_ + " (none = the variant's published value)", constraint, nullable=True)
+def _nullable(name: str, type_: type, help_: str, constraint: Interval | Choice, search: Search | None = None
+              ) -> Param:
+    return Param(name, type_, None, help_ + " (none = the variant's published value)", constraint, nullable=True,
+                 search=search)
 
 
 #: Optimiser parameters shared with SalUn, whose defaults come from the chosen variant.
 OPTIMISER_PARAMS: tuple[Param, ...] = (
     _nullable("optimizer", str, "optimiser", Choice(("adam", "sgd"))),
-    _nullable("lr", float, "learning rate", Interval(0, None, closed="neither")),
-    _nullable("epochs", int, "epochs", Interval(1, None)),
+    _nullable("lr", float, "learning rate", Interval(0, None, closed="neither"), Search(1e-5, 0.1, log=True)),
+    _nullable("epochs", int, "epochs", Interval(1, None), Search(1, 20)),
     _nullable("batch_size", int, "mini-batch size", Interval(1, None)),
     _nullable("momentum", float, "SGD momentum", Interval(0, 1, closed="left")),
     _nullable("weight_decay", float, "weight decay", Interval(0, None)),
 )
+
+
+#: Named presets; "paper" leaves every optimiser setting to the variant's published values.
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {},
+}
 
 
 class RandomLabel(UnlearningMethod):
@@ -208,7 +217,9 @@ class RandomLabel(UnlearningMethod):
     paper = ("Graves et al., Amnesiac Machine Learning, AAAI 2021; RL baseline as in SSD (Foster et al., AAAI 2024) "
              "and SalUn (Fan et al., ICLR 2024)")
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
+        preset_param(PRESETS),
         Param("variant", str, "amnesiac", "amnesiac (SSD), salun (SalUn CIFAR-10: forget batches first) or "
               "salun-shuffled (SalUn CIFAR-100: mixed)", Choice(VARIANTS)),
         Param("exclude", str, "own-label", "amnesiac labels avoid each example's own label, or every class "

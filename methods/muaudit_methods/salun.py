@@ -49,7 +49,8 @@ from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit_methods.random_label import OPTIMISER_PARAMS, resolve_settings, run_random_label
 
 #: Optimiser settings of SalUn (README); ``None`` parameters fall back to these rather than to random-label's.
@@ -113,6 +114,12 @@ class MaskPinning:
                     buf.mul_(mask.to(buf.dtype))
 
 
+#: Named presets; "paper" leaves the optimiser settings to SalUn's published CIFAR-10 values (SALUN_DEFAULTS).
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"mask_ratio": 0.5},
+}
+
+
 class SalUn(UnlearningMethod):
     """Random-label unlearning on the top ``mask_ratio`` most forget-salient weights only."""
 
@@ -120,9 +127,11 @@ class SalUn(UnlearningMethod):
     summary = "SalUn: random-label unlearning restricted to the weights with the largest forget-loss gradient."
     paper = "Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024"
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
+        preset_param(PRESETS),
         Param("mask_ratio", float, 0.5, "fraction of all weights left trainable (global top |grad|)",
-              Interval(0, 1, closed="right")),
+              Interval(0, 1, closed="right"), search=Search(0.1, 0.9)),
         Param("variant", str, "salun", "RL loop: salun (CIFAR-10: forget batches first) or salun-shuffled "
               "(CIFAR-100: mixed)", Choice(("salun", "salun-shuffled"))),
         *OPTIMISER_PARAMS,

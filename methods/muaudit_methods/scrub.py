@@ -56,7 +56,8 @@ from torch.nn import functional as F
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.errors import ParameterError
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import AUTO, preset_param
 from muaudit.training import progress_bar
 
 
@@ -83,6 +84,15 @@ PRESETS: dict[str, ScrubSettings] = {
     "small-scale": ScrubSettings("adam", 5e-4, 0.1, 0.9, 2.0, 1.0, 0.5, 3, 10, (5, 8, 9), 0.1, 64, 32),
     "large-scale": ScrubSettings("sgd", 5e-4, 5e-4, 0.9, 4.0, 0.99, 0.001, 2, 3, (3, 5, 9), 0.1, 512, 256),
 }
+#: "paper" is the published large-scale (CIFAR) setting, the fallback of the auto rule.
+PRESETS["paper"] = PRESETS["large-scale"]
+
+
+def as_params(settings: ScrubSettings) -> dict[str, object]:
+    """A settings row as parameter values (``lr_decay_epochs`` as its comma-separated text)."""
+    values: dict[str, object] = asdict(settings)
+    values["lr_decay_epochs"] = ",".join(str(e) for e in settings.lr_decay_epochs)
+    return values
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -109,6 +119,8 @@ def lr_at(settings: ScrubSettings, epoch: int) -> float:
 
 def resolve(hparams: dict[str, object]) -> ScrubSettings:
     """The preset's settings with every non-``None`` parameter overriding its field."""
+    if hparams["preset"] == AUTO:
+        raise ParameterError("scrub: preset 'auto' needs the task (run it through muaudit, or name a preset)")
     values = asdict(PRESETS[str(hparams["preset"])])
     for key in values:
         given = hparams.get(key)
@@ -123,8 +135,10 @@ def make_optimizer(model: nn.Module, s: ScrubSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
-def _override(name: str, type_: type, help_: str, constraint: Interval | Choice | None = None) -> Param:
-    return Param(name, type_, None, help_ + " (none = the preset's value)", constraint, nullable=True)
+def _override(name: str, type_: type, help_: str, constraint: Interval | Choice | None = None,
+              search: Search | None = None) -> Param:
+    return Param(name, type_, None, help_ + " (none = the preset's value)", constraint, nullable=True,
+                 search=search)
 
 
 class SCRUB(UnlearningMethod):
@@ -134,18 +148,19 @@ class SCRUB(UnlearningMethod):
     summary = "SCRUB: teacher-student max steps on D_f and min steps on D_r (presets from the SCRUB notebooks)."
     paper = "Kurmanji et al., Towards Unbounded Machine Unlearning, NeurIPS 2023"
     needs = frozenset({"retain"})
+    presets = {name: as_params(row) for name, row in PRESETS.items()}
     params = (
-        Param("preset", str, "large-scale", "published setting: large-scale (CIFAR) or small-scale",
-              Choice(tuple(PRESETS))),
+        preset_param(PRESETS, "published setting: large-scale (CIFAR; = paper) or small-scale"),
         _override("optimizer", str, "optimiser", Choice(("adam", "sgd"))),
-        _override("lr", float, "initial learning rate", Interval(0, None, closed="neither")),
+        _override("lr", float, "initial learning rate", Interval(0, None, closed="neither"),
+                  Search(1e-5, 0.1, log=True)),
         _override("weight_decay", float, "weight decay", Interval(0, None)),
         _override("momentum", float, "SGD momentum", Interval(0, 1, closed="left")),
         _override("temperature", float, "distillation temperature T", Interval(0, None, closed="neither")),
         _override("gamma", float, "weight of CE on D_r in the min step", Interval(0, None)),
         _override("alpha", float, "weight of KD on D_r in the min step", Interval(0, None)),
-        _override("msteps", int, "number of epochs that start with a max step", Interval(0, None)),
-        _override("epochs", int, "epochs", Interval(1, None)),
+        _override("msteps", int, "number of epochs that start with a max step", Interval(0, None), Search(1, 10)),
+        _override("epochs", int, "epochs", Interval(1, None), Search(1, 15)),
         _override("lr_decay_epochs", str, "comma-separated epochs after which the lr decays ('' = never)"),
         _override("lr_decay_rate", float, "lr multiplier per decay", Interval(0, None, closed="neither")),
         _override("forget_batch_size", int, "D_f mini-batch size", Interval(1, None)),
@@ -154,7 +169,13 @@ class SCRUB(UnlearningMethod):
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
-        self.settings = resolve(self.hparams.as_dict())  # parses lr_decay_epochs early, so errors come first
+        if self.hparams["lr_decay_epochs"] is not None:  # parsed early, so errors come before any training
+            parse_epochs(str(self.hparams["lr_decay_epochs"]))
+
+    @property
+    def settings(self) -> ScrubSettings:
+        """The complete configuration (explicit values over the chosen preset's)."""
+        return resolve(self.hparams.as_dict())
 
     def unlearn(self, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:
         s = self.settings

@@ -45,7 +45,8 @@ from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 
 
 def importances(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -79,6 +80,11 @@ def dampen(model: nn.Module, full: Mapping[str, torch.Tensor], forget: Mapping[s
     return counts
 
 
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"lambda": 1.0, "alpha": 10.0},
+}
+
+
 class SSD(UnlearningMethod):
     """Dampen the weights far more important to D_f than to D."""
 
@@ -86,9 +92,13 @@ class SSD(UnlearningMethod):
     summary = "Selective Synaptic Dampening: shrink weights whose D_f importance exceeds alpha x their D importance."
     paper = "Foster et al., Fast Machine Unlearning Without Retraining Through Selective Synaptic Dampening, AAAI 2024"
     needs = frozenset({"train_stats"})
+    presets = PRESETS
     params = (
-        Param("lambda", float, 1.0, "dampening constant lambda", Interval(0, None, closed="neither")),
-        Param("alpha", float, 10.0, "selection weighting alpha: select where I_f > alpha * I_D", Interval(0, None)),
+        preset_param(PRESETS),
+        Param("lambda", float, 1.0, "dampening constant lambda", Interval(0, None, closed="neither"),
+              search=Search(0.1, 10.0, log=True)),
+        Param("alpha", float, 10.0, "selection weighting alpha: select where I_f > alpha * I_D", Interval(0, None),
+              search=Search(1.0, 100.0, log=True)),
         Param("exponent", float, 1.0, "exponent of the dampening factor", Interval(0, None, closed="neither")),
         Param("batch_size", int, 128, "mini-batch size of both importance passes", Interval(1, None)),
     )

@@ -86,7 +86,8 @@ from torch.nn import functional as F
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Interval, Param
+from muaudit.params import Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.training import predict_logits, progress_bar
 
 
@@ -106,6 +107,11 @@ def targeted_loss(logits: torch.Tensor, target: torch.Tensor, lam: float) -> tor
 
 
 # ------------------------------------------------------------------------------------ the method
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"lam": 3.0, "lr": 1e-4, "epsilon": 0.05},
+}
+
+
 class TargetedNoise(UnlearningMethod):
     """Fine-tune on D_f relabelled with targeted, easy-to-learn wrong labels; loss CE^lambda."""
 
@@ -114,12 +120,17 @@ class TargetedNoise(UnlearningMethod):
     paper = ("'Towards Safe Machine Unlearning: a Paradigm that Mitigates Performance Degradation' (WWW'25), "
              "Algorithm 1 and eqs. (1)-(2)")
     needs = frozenset()
+    presets = PRESETS
     params = (
+        preset_param(PRESETS),
         Param("delta", float, 0.0, "probability of keeping the original label (paper: 0)", Interval(0, 1)),
-        Param("lam", float, 3.0, "loss exponent lambda (paper: 1 or 3)", Interval(1, None)),
-        Param("lr", float, 1e-4, "Adam learning rate", Interval(0, None, closed="neither")),
+        Param("lam", float, 3.0, "loss exponent lambda (paper: 1 or 3)", Interval(1, None),
+              search=Search(choices=(1.0, 3.0))),
+        Param("lr", float, 1e-4, "Adam learning rate", Interval(0, None, closed="neither"),
+              search=Search(1e-5, 1e-2, log=True)),
         Param("weight_decay", float, 1e-5, "Adam weight decay", Interval(0, None)),
-        Param("epsilon", float, 0.05, "stop once L' < epsilon", Interval(0, None, closed="neither")),
+        Param("epsilon", float, 0.05, "stop once L' < epsilon", Interval(0, None, closed="neither"),
+              search=Search(0.01, 1.0, log=True)),
         Param("max_steps", int, 2000, "guard: at most this many full-D_f steps", Interval(1, None)),
         Param("batch_size", int, None, "chunk size of the full-D_f pass (none = all at once; memory only)",
               Interval(1, None), nullable=True),

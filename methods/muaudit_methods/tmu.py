@@ -146,7 +146,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -157,7 +157,8 @@ from torch.nn import functional as F
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
 from muaudit.errors import ParameterError
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.task import Recipe
 from muaudit.training import derive_seed, fit, progress_bar
 from muaudit.zoo import last_linear_prefix
@@ -377,9 +378,9 @@ class TMU(UnlearningMethod):
     paper = ("Niu et al., 'Towards Aligned Data Forgetting via Twin Machine Unlearning' (TMU), arXiv 2408.11433, "
              "Sec. 3, eqs. 1-6; recipes from abc321123444/TWIN-unlearning")
     needs = frozenset({"retain", "validation"})
+    presets = {name: asdict(values) for name, values in PRESETS.items()}
     params = (
-        Param("preset", str, "paper", "scale-dependent defaults: paper (CIFAR), digits or fmnist",
-              Choice(tuple(PRESETS))),
+        preset_param(PRESETS, "scale-dependent defaults: paper (CIFAR), digits or fmnist"),
         Param("features", str, "df+af+cf", "classifier inputs: df+af+cf (paper) or df+cf (released code)",
               Choice(tuple(FEATURE_SETS))),
         Param("twin_classes", str, "forget", "validation examples forming D_test: of D_f's classes, or all",
@@ -408,11 +409,11 @@ class TMU(UnlearningMethod):
         Param("classifier_batch_size", int, 128, "batch size of the easy/hard classifier", Interval(1, None)),
         Param("absent_class_hard", bool, True, "forget samples of classes absent from D_r are hard"),
         Param("noise_std", float, None, "sigma of the Gaussian noise on D_f^e inputs, eq. 3 (none = preset)",
-              Interval(0, None), nullable=True),
+              Interval(0, None), nullable=True, search=Search(0.01, 0.5, log=True)),
         Param("epochs", int, None, "unlearning fine-tuning epochs (none = preset)", Interval(0, None),
-              nullable=True),
+              nullable=True, search=Search(1, 15)),
         Param("lr", float, None, "unlearning SGD lr (none = preset)", Interval(0, None, closed="neither"),
-              nullable=True),
+              nullable=True, search=Search(1e-3, 0.3, log=True)),
         Param("batch_size", int, 64, "unlearning batch size", Interval(1, None)),
         Param("momentum", float, 0.9, "unlearning SGD momentum", Interval(0, 1, closed="left")),
         Param("weight_decay", float, 5e-4, "unlearning SGD weight decay", Interval(0, None)),
@@ -425,7 +426,10 @@ class TMU(UnlearningMethod):
     def setting(self, key: str) -> Any:
         """The explicit value of ``key`` or, when ``None``, the preset's."""
         value = self.hparams[key]
-        return getattr(PRESETS[self.hparams["preset"]], key) if value is None else value
+        if value is None:
+            raise ParameterError(f"tmu setting {key!r} is unresolved: preset 'auto' needs the task (run it "
+                                 "through muaudit, or pass a preset by name)")
+        return value
 
     # ------------------------------------------------------------------------------------ pipeline
     def unlearn(self, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:

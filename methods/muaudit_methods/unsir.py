@@ -76,7 +76,8 @@ from torch import nn
 
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.data import Split
-from muaudit.params import Choice, Interval, Param
+from muaudit.params import Choice, Interval, Param, Search
+from muaudit.presets import preset_param
 from muaudit.zoo import Normalize
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -85,15 +86,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ssd": {"noise_batch_size": 32, "noise_steps": 25, "noise_copies": 80, "retain_per_class": 500,
             "impair_lr": 1e-4, "repair_lr": 1e-4, "impair_batch_size": 32, "repair_batch_size": 128},
 }
+#: "paper" is the authors' notebook setting, the fallback of the auto rule.
+PRESETS["paper"] = PRESETS["official"]
 
 
-def _positive_int(name: str, help_text: str) -> Param:
-    return Param(name, int, None, help_text + " (none = the preset's)", Interval(1, None), nullable=True)
+def _positive_int(name: str, help_text: str, search: Search | None = None) -> Param:
+    return Param(name, int, None, help_text + " (none = the preset's)", Interval(1, None), nullable=True,
+                 search=search)
 
 
-def _positive_float(name: str, help_text: str) -> Param:
+def _positive_float(name: str, help_text: str, search: Search | None = None) -> Param:
     return Param(name, float, None, help_text + " (none = the preset's)", Interval(0, None, closed="neither"),
-                 nullable=True)
+                 nullable=True, search=search)
 
 
 def forget_classes(forget: Split) -> list[int]:
@@ -160,15 +164,15 @@ class UNSIR(UnlearningMethod):
     paper = ("Tarun et al., Fast Yet Effective Machine Unlearning, IEEE TNNLS 2023; presets from the authors' "
              "notebook and the SSD port")
     needs = frozenset({"retain"})
+    presets = PRESETS
     params = (
-        Param("preset", str, "official", "reference settings: the authors' notebook or the SSD port",
-              Choice(tuple(PRESETS))),
+        preset_param(PRESETS, "reference settings: the authors' notebook (official = paper) or the SSD port"),
         _positive_int("noise_batch_size", "noise inputs per forget class"),
         _positive_int("noise_steps", "Adam steps optimising the noise"),
-        _positive_int("noise_copies", "copies of each noise batch in the impair set"),
+        _positive_int("noise_copies", "copies of each noise batch in the impair set", Search(1, 40)),
         _positive_int("retain_per_class", "retain examples sampled per class"),
-        _positive_float("impair_lr", "Adam learning rate of the impair epoch"),
-        _positive_float("repair_lr", "Adam learning rate of the repair epoch"),
+        _positive_float("impair_lr", "Adam learning rate of the impair epoch", Search(1e-4, 0.05, log=True)),
+        _positive_float("repair_lr", "Adam learning rate of the repair epoch", Search(1e-4, 0.05, log=True)),
         _positive_int("impair_batch_size", "impair mini-batch size"),
         _positive_int("repair_batch_size", "repair mini-batch size"),
         Param("noise_lr", float, 0.1, "Adam learning rate of the noise", Interval(0, None, closed="neither")),

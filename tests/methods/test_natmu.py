@@ -237,7 +237,7 @@ def test_presets_and_overrides():
     s = natmu.resolve_settings(natmu.NatMU(preset="cifar100-class").hparams.as_dict())
     assert (s.lr, s.weight_decay, s.delta, s.variant, s.reinit_linear, s.epochs, s.batch_size) == (
         2.8e-4, 0.0, -0.053, "class-wise", "all", 5, 128)
-    s = natmu.resolve_settings(natmu.NatMU().hparams.as_dict())
+    s = natmu.resolve_settings(natmu.NatMU(preset="cifar10").hparams.as_dict())
     assert (s.lr, s.weight_decay, s.delta, s.variant) == (1e-3, 2e-3, -0.19, "sample-wise")
     s = natmu.resolve_settings(natmu.NatMU(preset="cifar20-subclass", delta=0.1, lr=1e-2).hparams.as_dict())
     assert (s.lr, s.weight_decay, s.delta, s.variant, s.reinit_linear) == (1e-2, 3.7e-4, 0.1, "class-wise", "none")

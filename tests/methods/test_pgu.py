@@ -63,12 +63,14 @@ def test_needs_do_not_include_retain():
 
 
 def test_paper_defaults_are_kept():
-    method = PGU()
+    method = PGU(preset="paper")
     assert {k: method.setting(k) for k in ("gamma", "start_lr", "end_lr", "epochs", "epsilon", "lam",
                                            "batch_size", "early_stop_drop")} == {
         "gamma": 0.95, "start_lr": 0.05, "end_lr": 0.01, "epochs": 100, "epsilon": 0.05, "lam": 0.2,
         "batch_size": 128, "early_stop_drop": 5.0}
-    poison = PGU(depoison=True)
+    poison = PGU(preset="paper", depoison=True)
+    assert PGU(preset="paper-poison").hparams["depoison"] is True
+    assert PGU(preset="paper-poison", depoison=False).setting("start_lr") == 0.05
     assert (poison.setting("start_lr"), poison.setting("end_lr"), poison.setting("epsilon"),
             poison.setting("lam")) == (0.1, 0.05, 0.1, -0.2)
     assert PGU(preset="digits", gamma=0.5).setting("gamma") == 0.5

@@ -32,11 +32,11 @@ def test_lowers_forget_accuracy_while_keeping_retain_accuracy(digits_class_setup
 
 
 def test_presets_and_overrides_resolve():
-    assert SCRUB().settings == PRESETS["large-scale"]
+    assert SCRUB(preset="large-scale").settings == PRESETS["large-scale"] == SCRUB(preset="paper").settings
     small = SCRUB(preset="small-scale", alpha=0.25, lr_decay_epochs="2, 4").settings
     assert (small.optimizer, small.temperature, small.gamma, small.msteps, small.epochs) == ("adam", 2.0, 1.0, 3, 10)
     assert small.alpha == 0.25 and small.lr_decay_epochs == (2, 4)
-    assert SCRUB(lr_decay_epochs="").settings.lr_decay_epochs == ()
+    assert SCRUB(preset="paper", lr_decay_epochs="").settings.lr_decay_epochs == ()
     with pytest.raises(ParameterError):
         SCRUB(lr_decay_epochs="five")
 

@@ -51,7 +51,7 @@ def test_noise_maximises_the_forget_class_error(digits_class_setup):
 
 
 def test_presets_and_overrides():
-    official = UNSIR().settings()
+    official = UNSIR(preset="official").settings()
     assert (official["noise_batch_size"], official["noise_steps"], official["noise_copies"],
             official["retain_per_class"], official["impair_lr"], official["repair_lr"]) == (256, 40, 20, 1000,
                                                                                           0.02, 0.01)
