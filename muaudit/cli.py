@@ -55,7 +55,15 @@ _EPILOGS = {
   muaudit compare --methods finetune,neggrad --method-arg neggrad.lr=1e-3 --model original.pt""",
     "list": """examples:
   muaudit list
-  muaudit list methods""",
+  muaudit list methods -v
+  muaudit list tasks""",
+    "describe": """examples:
+  muaudit describe pgu
+  muaudit describe finetune --task digits-class     # also show what preset=auto picks for that task""",
+    "tune": """examples:
+  muaudit tune --method finetune --budget 16                 # digits: proxies of the random 10% forget set
+  muaudit tune --method neggrad --task digits-class --budget 8 --out reports/runs/tune-neggrad
+  muaudit score --method finetune --tuned                    # audit with the tuned parameters""",
 }
 
 
@@ -87,6 +95,16 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
+def _add_tune_options(p: argparse.ArgumentParser) -> None:
+    from muaudit.tune import DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
+
+    p.add_argument("--proxies", type=int, default=DEFAULT_PROXIES, metavar="K",
+                   help=f"proxy forget sets, disjoint from D_f (default {DEFAULT_PROXIES})")
+    p.add_argument("--proxy-golds", type=int, default=DEFAULT_PROXY_GOLDS, metavar="G",
+                   help=f"gold models per proxy forget set (default {DEFAULT_PROXY_GOLDS})")
+    p.add_argument("--tune-seed", type=int, help="seed of the proxies and configurations (default: from the task)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="muaudit", description="Audit machine unlearning against the gold retrained model.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -100,13 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=fmt)
     score.add_argument("--method", required=True, help="method name (or dist:name)")
     _add_audit_options(score)
+    score.add_argument("--tuned", action="store_true",
+                       help="use the parameters 'muaudit tune' selects (cached; run first if missing)")
+    score.add_argument("--tune-budget", type=int, default=None, metavar="N",
+                       help="the tuning budget for --tuned (default 16)")
+    _add_tune_options(score)
     compare = sub.add_parser("compare", help="audit several methods on the same task and gold models",
                              epilog=_EPILOGS["compare"], formatter_class=fmt)
     compare.add_argument("--methods", required=True, help="comma-separated method names")
     _add_audit_options(compare)
+    compare.add_argument("--tune", type=int, default=0, metavar="N",
+                         help="tune every method with the same budget of N configurations first (0 = off)")
+    _add_tune_options(compare)
+    tune = sub.add_parser("tune", help="tune a method on proxy forget sets (the same budget for every method)",
+                          epilog=_EPILOGS["tune"], formatter_class=fmt)
+    tune.add_argument("--method", required=True, help="method name (or dist:name)")
+    tune.add_argument("--budget", type=int, default=None, metavar="N",
+                      help="configurations to try, the method's defaults included (default 16)")
+    _add_common(tune)
+    tune.add_argument("--model", help="checkpoint of the original model (default: train one for the task)")
+    tune.add_argument("--arch", help="architecture of a bare state dict given with --model")
+    tune.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="fix a method hyperparameter (not searched; repeatable)")
+    tune.add_argument("--out", help="directory to write tune.json and tune.md into")
+    _add_tune_options(tune)
     lister = sub.add_parser("list", help="list methods, attacks and tasks", epilog=_EPILOGS["list"],
                             formatter_class=fmt)
     lister.add_argument("what", nargs="?", choices=["methods", "attacks", "tasks"], help="only this kind")
+    lister.add_argument("-v", "--verbose", action="store_true", help="methods: every parameter and preset")
+    describe = sub.add_parser("describe", help="a method's parameters, ranges, search space and presets",
+                              epilog=_EPILOGS["describe"], formatter_class=fmt)
+    describe.add_argument("method", help="method name (or dist:name)")
+    describe.add_argument("--task", help="also show which preset 'auto' picks for this task")
+    describe.add_argument("--data-root", help="override the dataset location of --task")
     return parser
 
 
@@ -181,16 +225,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _setup(args: argparse.Namespace) -> Any:
+def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
+    """Data and original model, and (unless ``golds`` is False, for tuning first) the gold models."""
     from muaudit.audit import prepare
 
-    if args.gold_seeds < 1:
+    gold_seeds = getattr(args, "gold_seeds", 1)
+    if gold_seeds < 1:
         raise _UsageError("--gold-seeds must be at least 1")
-    if args.challenge_models and args.challenge_models < 3:
+    if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
-    return prepare(_task(args), args.model, args.arch, args.data_root, args.gold_seeds, cache, device,
+    return prepare(_task(args), args.model, args.arch, args.data_root, gold_seeds if golds else 0, cache, device,
                    progress=not args.quiet)
+
+
+def _check_tune_options(args: argparse.Namespace, budget: int | None) -> None:
+    """Usage errors of the tuning options, before any training."""
+    if budget is not None and budget < 1:
+        raise _UsageError(f"the tuning budget must be at least 1, got {budget}")
+    if args.proxies < 1:
+        raise _UsageError(f"--proxies must be at least 1, got {args.proxies}")
+    if args.proxy_golds < 1:
+        raise _UsageError(f"--proxy-golds must be at least 1, got {args.proxy_golds}")
+
+
+def _tune(setup: Any, plugin: Any, params: dict[str, Any], budget: int, args: argparse.Namespace) -> Any:
+    """Run (or load from the cache) ``muaudit tune`` for one method; one progress line on stderr."""
+    from muaudit.tune import tune
+
+    if not args.quiet:
+        print(f"muaudit: tuning {plugin.spec.name} ({budget} configurations x {args.proxies} proxy forget "
+              f"set(s))", file=sys.stderr)
+    return tune(setup, plugin, params, budget=budget, proxies=args.proxies, proxy_golds=args.proxy_golds,
+                seed=args.tune_seed)
+
+
+def _tuned_run(setup: Any, plugin: Any, params: dict[str, Any], result: Any, seed: int | None) -> Any:
+    """Run the method with the tuned parameters, recording the tuning in the run's provenance."""
+    from dataclasses import replace
+
+    from muaudit.audit import run_method
+
+    return replace(run_method(setup, plugin, dict(result.chosen), seed), tuning=result.summary())
+
+
+def _report_signal(setup: Any, card: Any) -> None:
+    """The signal line and any consistency warning, once, on stderr."""
+    if card.signal is None:
+        return
+    print(f"muaudit: {card.signal['line']}", file=sys.stderr)
+    for warning in card.signal["warnings"]:
+        print(f"muaudit: warning: {warning}", file=sys.stderr)
 
 
 def _load_method(name: str, pairs: Sequence[str]) -> tuple[Any, dict[str, Any]]:
@@ -222,12 +307,22 @@ def _load_attacks(names: str, pairs: Sequence[str]) -> list[tuple[Any, dict[str,
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from muaudit.audit import build_scorecard, run_method
+    from muaudit.audit import add_golds, build_scorecard, run_method
+    from muaudit.tune import DEFAULT_BUDGET
 
     plugin, params = _load_method(args.method, args.method_arg)
     attacks = _load_attacks(args.attacks, args.attack_arg)
-    setup = _setup(args)
-    card = build_scorecard(setup, run_method(setup, plugin, params, args.seed), attacks, args.challenge_models)
+    budget = args.tune_budget if args.tune_budget is not None else DEFAULT_BUDGET
+    if args.tune_budget is not None and not args.tuned:
+        raise _UsageError("--tune-budget needs --tuned")
+    _check_tune_options(args, budget)
+    setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
+    result = _tune(setup, plugin, params, budget, args) if args.tuned else None
+    add_golds(setup, args.gold_seeds)
+    run = (_tuned_run(setup, plugin, params, result, args.seed) if result is not None
+           else run_method(setup, plugin, params, args.seed))
+    card = build_scorecard(setup, run, attacks, args.challenge_models)
+    _report_signal(setup, card)
     if args.out:
         _write_outputs(Path(args.out), {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()})
     print(card.to_json() if args.json else card.to_text())
@@ -245,8 +340,18 @@ def _split_prefixed(names: list[str], pairs: Sequence[str], form: str, option: s
     return grouped
 
 
+def _tune_or_skip(setup: Any, plugin: Any, params: dict[str, Any], args: argparse.Namespace) -> Any:
+    """Tune one method of a comparison; a method with nothing to tune (e.g. retrain) runs with its defaults."""
+    from muaudit.tune import has_search_space
+
+    if not has_search_space(plugin.cls, params):
+        print(f"muaudit: {plugin.spec.name} has nothing to tune; it runs with its defaults", file=sys.stderr)
+        return None
+    return _tune(setup, plugin, params, args.tune, args)
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from muaudit.audit import build_scorecard, run_method
+    from muaudit.audit import add_golds, build_scorecard, run_method
     from muaudit.results import comparison_table
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -255,9 +360,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     pairs = _split_prefixed(names, args.method_arg, "--method-arg METHOD.KEY=VALUE", "--methods")
     loaded = [_load_method(n, pairs[n]) for n in names]
     attacks = _load_attacks(args.attacks, args.attack_arg)
-    setup = _setup(args)
-    cards = [build_scorecard(setup, run_method(setup, p, kw, args.seed), attacks, args.challenge_models)
-             for p, kw in loaded]
+    if args.tune < 0:
+        raise _UsageError(f"--tune must be 0 (off) or a budget of at least 1, got {args.tune}")
+    _check_tune_options(args, args.tune or None)
+    setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
+    tuned = {p.spec.name: _tune_or_skip(setup, p, kw, args) for p, kw in loaded} if args.tune else {}
+    add_golds(setup, args.gold_seeds)
+    runs = [_tuned_run(setup, p, kw, tuned[p.spec.name], args.seed) if tuned.get(p.spec.name) is not None
+            else run_method(setup, p, kw, args.seed) for p, kw in loaded]
+    cards = [build_scorecard(setup, run, attacks, args.challenge_models) for run in runs]
+    _report_signal(setup, cards[0])
     table = comparison_table(cards)
     title = (f"# muaudit comparison on task {setup.task.name} [{setup.task.content_hash()[:12]}], "
              f"{len(setup.golds)} gold model(s)\n\n")
@@ -271,7 +383,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from muaudit.errors import PluginError
-    from muaudit.plugins import ATTACKS, METHODS, discover, load
+    from muaudit.plugins import ATTACKS, METHODS, LoadedPlugin, discover, load
 
     broken = 0
     if args.what in (None, "tasks"):
@@ -290,6 +402,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             needs = ", ".join(sorted(getattr(cls, "needs", ()))) or "forget set only"
             extra = f"  [needs: {needs}]" if group == METHODS else ""
             print(f"  {spec.name:<16} {spec.dist} {spec.version}  {cls.summary}{extra}")
+            if group == METHODS and getattr(args, "verbose", False):
+                from muaudit.describe import describe_method
+
+                print("\n".join("      " + line for line in describe_method(LoadedPlugin(spec, cls)).splitlines()[3:]))
     return ExitCode.PLUGIN_ERROR if broken else ExitCode.OK
 
 
@@ -321,4 +437,38 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
     print(f"wrote {', '.join(str(directory / n) for n in files)}", file=sys.stderr)
 
 
-_COMMANDS = {"train": _cmd_train, "score": _cmd_score, "compare": _cmd_compare, "list": _cmd_list}
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from muaudit.tune import DEFAULT_BUDGET
+
+    plugin, params = _load_method(args.method, args.method_arg)
+    budget = DEFAULT_BUDGET if args.budget is None else args.budget
+    _check_tune_options(args, budget)
+    from muaudit.tune import search_space
+
+    search_space(plugin.cls, params)  # a method with nothing to search fails before any training
+    result = _tune(_setup(args, golds=False), plugin, params, budget, args)
+    if args.out:
+        _write_outputs(Path(args.out), {"tune.json": result.to_json(), "tune.md": result.to_markdown()})
+    print(result.to_markdown())
+    return ExitCode.OK
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from muaudit.describe import describe_method
+    from muaudit.plugins import METHODS, load_by_name
+
+    plugin = load_by_name(METHODS, args.method)
+    profile = None
+    if args.task is not None:
+        from muaudit.presets import profile_of
+        from muaudit.task import resolve_task
+
+        task = resolve_task(args.task, args.data_root)
+        data = task.dataset.load()
+        profile = profile_of(task.materialise(data), data)
+    print(describe_method(plugin, profile))
+    return ExitCode.OK
+
+
+_COMMANDS = {"train": _cmd_train, "score": _cmd_score, "compare": _cmd_compare, "tune": _cmd_tune,
+             "list": _cmd_list, "describe": _cmd_describe}

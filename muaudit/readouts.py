@@ -87,6 +87,13 @@ def kl_divergence(logits_ref: torch.Tensor | np.ndarray, logits_model: torch.Ten
     return float(np.mean(np.maximum(per_example, 0.0)))
 
 
+def losses(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-example cross-entropy ``-log softmax(logits)[y]`` in float64 (the loss attack's signal, negated)."""
+    log_p = _log_softmax(_np(logits))
+    y = _np(labels).astype(np.int64)
+    return -log_p[np.arange(len(y)), y]
+
+
 def entropies(logits: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per-example Shannon entropy of the softmax output, in nats (PGU's entropy distributions)."""
     return stats.entropy(softmax(logits), axis=1)

@@ -1,9 +1,11 @@
 """Frozen result objects: the scorecard, its JSON schema, and its table renderings.
 
-JSON schema (``schema_version`` "1.1"): ``{"schema_version", "method", "task", "readouts": [Readout...],
-"attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "challenge", "entropy_histograms",
-"provenance", "timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold metrics and the Streisand verdicts;
-1.0 scorecards (without them) still load. Everything except ``timings`` (wall-clock seconds and the creation time)
+JSON schema (``schema_version`` "1.2"): ``{"schema_version", "method", "task", "readouts": [Readout...],
+"attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "signal", "challenge",
+"entropy_histograms", "provenance", "timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold
+metrics and the Streisand verdicts; 1.2 the ``signal`` section (:mod:`muaudit.signal`: can the task show
+forgetting, is the original consistent with it), the ``undetermined`` verdict, the ``forget_loss`` check, each
+verdict's gold values, and the method's ``preset`` and ``tuning`` records. 1.0 and 1.1 scorecards still load. Everything except ``timings`` (wall-clock seconds and the creation time)
 is a deterministic function of the inputs and seeds.
 """
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 from muaudit.verdicts import Verdict
 
-SCHEMA_VERSION = "1.1"
-READABLE_SCHEMAS = ("1.0", "1.1")
+SCHEMA_VERSION = "1.2"
+READABLE_SCHEMAS = ("1.0", "1.1", "1.2")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Scorecard:
     verdicts: tuple[Verdict, ...] = ()
     verdict_summary: str | None = None
     challenge: dict[str, Any] | None = None
+    signal: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def readout(self, name: str) -> Readout:
@@ -111,11 +114,11 @@ class Scorecard:
             raise ValueError(f"unsupported scorecard schema {raw.get('schema_version')!r}")
         readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"])}) for r in raw["readouts"])
         attacks = tuple(AttackReport(**a) for a in raw["attacks"])
-        verdicts = tuple(Verdict(**{**v, "band": tuple(v["band"]), "interval": tuple(v["interval"])})
-                         for v in raw.get("verdicts", ()))
+        verdicts = tuple(Verdict(**{**v, "band": tuple(v["band"]), "interval": tuple(v["interval"]),
+                                    "golds": tuple(v.get("golds", ()))}) for v in raw.get("verdicts", ()))
         return cls(raw["method"], raw["task"], readouts, attacks, raw["entropy_histograms"],
                    raw["provenance"], raw["timings"], verdicts, raw.get("verdict_summary"), raw.get("challenge"),
-                   raw["schema_version"])
+                   raw.get("signal"), raw["schema_version"])
 
     def to_pandas(self) -> Any:
         """One row per readout (pandas is imported only here)."""
@@ -139,10 +142,24 @@ class Scorecard:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines += ["", self._timing_line()] + [f"note: {n}" for a in self.attacks for n in a.unlearned["notes"]]
+        lines += self._signal_lines()
         if self.verdicts:
             lines += ["", f"Streisand checks: {self.verdict_summary}"]
             lines += [f"  {v.check}: {v.verdict}: {v.evidence}" for v in self.verdicts]
         return "\n".join(lines)
+
+    def _signal_lines(self) -> list[str]:
+        """The signal line, the per-check signal and any consistency warning."""
+        if not self.signal:
+            return []
+        lines = ["", self.signal["line"]]
+        for c in self.signal["checks"]:
+            ratio = "-" if c["snr"] is None else f"{c['snr']:.1f}x"
+            lines.append(f"  {c['check']}: original {_fmt(c['original'])} vs gold {_fmt(min(c['golds']))}.."
+                         f"{_fmt(max(c['golds']))} (gap/spread {ratio}): "
+                         f"{'signal' if c['detectable'] else 'no signal'}")
+        lines += [f"WARNING: {w}" for w in self.signal["warnings"]]
+        return lines
 
     def to_markdown(self) -> str:
         header = ["readout", "unlearned", "original", "gold", "gap", "gold-vs-gold (max)"]
@@ -150,6 +167,13 @@ class Scorecard:
                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_row(r)) + " |" for r in self.readouts]
         lines += ["", self._timing_line()]
+        if self.signal:
+            lines += ["", "## Signal", "", self.signal["line"], "", "| check | original | gold models | gap ÷ spread | "
+                      "signal |", "|---|---|---|---|---|"]
+            lines += [f"| {c['check']} | {_fmt(c['original'])} | {_fmt(min(c['golds']))}..{_fmt(max(c['golds']))} | "
+                      f"{'-' if c['snr'] is None else format(c['snr'], '.1f')} | "
+                      f"{'yes' if c['detectable'] else 'no'} |" for c in self.signal["checks"]]
+            lines += [f"\n**Warning:** {w}" for w in self.signal["warnings"]]
         if self.verdicts:
             lines += ["", f"## Streisand checks: {self.verdict_summary}", "", "| check | verdict | evidence |",
                       "|---|---|---|"] + [f"| {v.check} | {v.verdict} | {v.evidence} |" for v in self.verdicts]

@@ -36,13 +36,15 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from muaudit.errors import MuauditError, ParameterError, PluginValidationError, TaskError
 from muaudit.params import Param, Search
-from muaudit.task import Task
+
+if TYPE_CHECKING:  # the CLI imports this module for its defaults: no torch at start-up
+    from muaudit.task import Task
 
 TUNE_SCHEMA = 1
 DEFAULT_BUDGET = 16
@@ -76,6 +78,15 @@ def search_space(cls: type, fixed: Mapping[str, Any] = ()) -> dict[str, tuple[Pa
         raise ParameterError(f"the search space of {cls.display_name()!r} has nothing left to search: "
                              f"{', '.join(space)} {'are' if len(space) > 1 else 'is'} fixed or single-valued")
     return free
+
+
+def has_search_space(cls: type, fixed: Mapping[str, Any] = ()) -> bool:
+    """Whether :func:`search_space` finds something to search (no exception)."""
+    try:
+        search_space(cls, fixed)
+    except MuauditError:
+        return False
+    return True
 
 
 def _default_space(params: Sequence[Param]) -> dict[str, tuple[Param, Search]]:
@@ -428,7 +439,7 @@ def _prepare_proxy(setup: Any, task: Task, gold_count: int) -> _Proxy:
 def _readouts(setup: Any, model: Any) -> dict[str, float]:
     """Forget error, test error (in %) and the tuning attack's D_f AUC of ``model`` on a (proxy) set-up."""
     from muaudit import readouts as R
-    from muaudit.audit import _attack_run, attack_context
+    from muaudit.attacking import _attack_run, attack_context
     from muaudit.plugins import ATTACKS, load_by_name
     from muaudit.training import derive_seed
 

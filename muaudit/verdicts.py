@@ -22,6 +22,7 @@ the whole interval lies beyond the band on the forgotten side, ``under-forgettin
 on the other side, and ``aligned`` otherwise. The checks:
 
 - ``forget_accuracy``: accuracy on D_f; lower = forgot more.
+- ``forget_loss``: mean cross-entropy on D_f; higher = forgot more (the original fits D_f, so its loss is low).
 - ``forget_entropy``: mean softmax entropy on D_f; the forgotten side is the side of ``g_0`` away from the
   original model (the original is confident on D_f, so usually higher entropy = forgot more; when original and
   gold agree within the tolerance, higher entropy counts as forgetting). KS and Wasserstein distances to the gold
@@ -33,6 +34,10 @@ on the other side, and ``aligned`` otherwise. The checks:
 
 The summary is ``over-forgetting`` / ``under-forgetting`` when at least one check says so and none says the
 opposite, ``aligned`` when all are aligned, and ``mixed`` when checks disagree.
+
+A fourth verdict, ``undetermined``, is given where the task cannot tell: see :mod:`muaudit.signal`, which turns
+a check's ``aligned`` into ``undetermined`` when the original model would be aligned too, and every verdict
+when no check separates the original from the gold models (``raw_verdict`` keeps what the rule alone said).
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from scipy import stats
 
 from muaudit.metrics import proportion_interval
 
-UNDER, ALIGNED, OVER = "under-forgetting", "aligned", "over-forgetting"
+UNDER, ALIGNED, OVER, UNDETERMINED = "under-forgetting", "aligned", "over-forgetting", "undetermined"
 SPREAD_FACTOR = 2.0
 LEVEL = 0.95
 
@@ -62,6 +67,8 @@ class Verdict:
     band: tuple[float, float]
     interval: tuple[float, float]
     forgotten_side: str  # "lower" or "higher"
+    raw_verdict: str | None = None  # set when muaudit.signal replaced the rule's verdict by "undetermined"
+    golds: tuple[float, ...] = ()  # every gold model's value (the reference first)
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ def _check(name: str, unlearned: float, interval: tuple[float, float], gold: Gol
                 + ("" if original is None else f", original {f(original)}")
                 + f"; {forgotten_side} = forgot more")
     return Verdict(name, verdict, evidence, float(unlearned), gold.reference, original, gold.band,
-                   (float(interval[0]), float(interval[1])), forgotten_side)
+                   (float(interval[0]), float(interval[1])), forgotten_side, golds=gold.values)
 
 
 def forget_accuracy_verdict(correct: np.ndarray, gold_accuracies: Sequence[float],
@@ -129,15 +136,28 @@ def mean_interval(values: np.ndarray, seed: int, level: float = LEVEL, n_resampl
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def entropy_forgotten_side(gold_means: Sequence[float], original_mean: float) -> str:
+    """The side of the reference gold away from the original (higher when they agree within the tolerance)."""
+    gold = GoldReference(tuple(gold_means))
+    if abs(gold.reference - original_mean) <= gold.tolerance:
+        return "higher"
+    return "higher" if gold.reference > original_mean else "lower"
+
+
+def forget_loss_verdict(unlearned: np.ndarray, golds: Sequence[np.ndarray], original: np.ndarray,
+                        seed: int) -> Verdict:
+    """Per-example D_f cross-entropies of the unlearned, gold (reference first) and original models."""
+    gold = GoldReference(tuple(float(np.mean(g)) for g in golds))
+    return _check("forget_loss", float(np.mean(unlearned)), mean_interval(unlearned, seed), gold,
+                  float(np.mean(original)), "higher", "mean D_f cross-entropy (nats)")
+
+
 def forget_entropy_verdict(unlearned: np.ndarray, golds: Sequence[np.ndarray], original: np.ndarray,
                            seed: int) -> Verdict:
     """Per-example D_f entropies of the unlearned, gold (reference first) and original models."""
     gold = GoldReference(tuple(float(np.mean(g)) for g in golds))
     orig_mean = float(np.mean(original))
-    if abs(gold.reference - orig_mean) <= gold.tolerance:
-        side = "higher"
-    else:
-        side = "higher" if gold.reference > orig_mean else "lower"
+    side = entropy_forgotten_side(gold.values, orig_mean)
     verdict = _check("forget_entropy", float(np.mean(unlearned)), mean_interval(unlearned, seed), gold, orig_mean,
                      side, "mean D_f entropy (nats)")
     ks = stats.ks_2samp(unlearned, golds[0])

@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import log_softmax
 
 from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
 from muaudit.metrics import best_balanced_threshold
+from muaudit.readouts import losses
 
 
 def negative_loss(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Per-example ``log softmax(logits)[y]`` = -cross-entropy, in float64."""
-    logp = log_softmax(_float64(logits), axis=1)
-    y = (labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)).astype(np.int64)
-    return logp[np.arange(len(y)), y]
-
-
-def _float64(values: torch.Tensor | np.ndarray) -> np.ndarray:
-    """float64 NumPy copy; tensors may require grad, live on an accelerator or be bfloat16."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().double().numpy()
-    return np.asarray(values, dtype=np.float64)
+    """Per-example ``log softmax(logits)[y]`` = -cross-entropy, in float64 (:func:`muaudit.readouts.losses`)."""
+    return -losses(logits, labels)
 
 
 class LossThresholdAttack(MembershipAttack):

@@ -1,0 +1,116 @@
+"""Outputs -> attacks: each attack applied to the unlearned, original and every gold model of an audit.
+
+One attack instance per (attack, parameters) serves every method of a set-up, so what it fits once (shadow
+classifiers, Gaussians) is reused by ``compare``; the original's and gold models' results are memoised.
+Metrics and their intervals are computed centrally (:mod:`muaudit.metrics`), never by the plugin.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from muaudit.base import AttackContext, MembershipAttack, ModelOutputs
+from muaudit.errors import PluginValidationError
+from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
+from muaudit.models import AuditSetup, shadow_bank
+from muaudit.plugins import LoadedPlugin
+from muaudit.runs import MethodRun, ShadowUnlearner
+from muaudit.training import derive_seed
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack applied to one model: its scores' metrics, intervals, ROC summary and settings."""
+
+    metrics: AttackMetrics
+    intervals: MetricIntervals
+    roc: dict[str, list]
+    settings: dict[str, Any]
+    most_exposed: tuple[dict[str, float], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(self.metrics), "intervals": asdict(self.intervals), "most_exposed": list(self.most_exposed)}
+
+
+@dataclass(frozen=True)
+class AttackResults:
+    """An attack on the unlearned, original and every gold model of one audit."""
+
+    plugin: LoadedPlugin
+    params: dict[str, Any]
+    unlearned: AttackRun
+    original: AttackRun
+    golds: tuple[AttackRun, ...]
+
+    @property
+    def name(self) -> str:
+        return self.plugin.spec.name
+
+
+def attack_context(setup: AuditSetup, plugin: LoadedPlugin, seed: int, role: str,
+                   unlearner: ShadowUnlearner | None) -> AttackContext:
+    needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
+    return AttackContext(plugin.spec.name, seed, role, needs=needs,
+                         forget_indices=np.asarray(setup.task.forget_indices or (), dtype=np.int64),
+                         n_classes=setup.data.n_classes, task=setup.task, data=setup.data,
+                         bank=shadow_bank(setup) if "shadows" in needs else None,
+                         unlearner=unlearner if "method" in needs else None)
+
+
+def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackContext) -> AttackRun:
+    scores = attack.score(outputs, ctx)
+    members = np.asarray(scores.members, dtype=np.float64)
+    nonmembers = np.asarray(scores.nonmembers, dtype=np.float64)
+    for label, values in (("member", members), ("non-member", nonmembers)):
+        if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
+            raise PluginValidationError(f"attack {ctx.attack!r} returned invalid {label} scores (need a non-empty "
+                                        f"1-D array of finite numbers)")
+    metrics = attack_metrics(members, nonmembers, scores.threshold)
+    intervals = confidence_intervals(members, nonmembers, metrics.threshold, derive_seed(ctx.seed, "ci", ctx.role))
+    return AttackRun(metrics, intervals, roc_summary(members, nonmembers), dict(scores.settings),
+                     _most_exposed(members, scores.settings.get("member_positions")))
+
+
+def _most_exposed(members: np.ndarray, positions: Any, count: int = 10) -> tuple[dict[str, float], ...]:
+    """The forget examples with the highest member scores (attacks reference, reporting convention 7).
+
+    ``position`` is the example's position in D_f (as ordered by the task's forget indices); attacks that score a
+    subset of D_f say which positions with ``settings["member_positions"]``.
+    """
+    where = np.arange(len(members)) if positions is None else np.asarray(positions)
+    order = np.argsort(-members, kind="stable")[:count]
+    return tuple({"forget_position": int(where[i]), "score": float(members[i])} for i in order)
+
+
+def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun, params: dict[str, Any] | None = None
+               ) -> AttackResults:
+    """Apply one attack to the unlearned, original and gold models (the last two memoised per attack).
+
+    One attack instance per (attack, parameters) serves every method of the set-up, so what it fits once (shadow
+    classifiers, Gaussians) is reused by ``compare``; the scores of the original and gold models are memoised too.
+    """
+    params = dict(params or {})
+    probe: MembershipAttack = plugin.cls(**params)
+    instance_key = (plugin.spec.qualified_name, json.dumps(probe.hparams.as_dict(), sort_keys=True, default=str))
+    attack = setup._attack_instances.setdefault(instance_key, probe)
+    seed = derive_seed(setup.task.seed, "attack")
+    needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
+    unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if "method" in needs else None
+    key = (plugin.spec.qualified_name, json.dumps(attack.hparams.as_dict(), sort_keys=True, default=str),
+           json.dumps(unlearner.label, sort_keys=True, default=str) if unlearner else "")
+
+    def on(model: nn.Module, role: str) -> AttackRun:
+        return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner))
+
+    unlearned = on(run.model, "unlearned")
+    if key not in setup._attack_memo:
+        setup._attack_memo[key] = (on(setup.original, "original"),
+                                   tuple(on(g.model, "gold") for g in setup.golds))
+    original, golds = setup._attack_memo[key]
+    return AttackResults(plugin, attack.hparams.as_dict(), unlearned, original, golds)

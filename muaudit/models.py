@@ -1,0 +1,202 @@
+"""Task -> models: the data, the original model and the gold retrains of an audit, shared by its methods.
+
+:func:`prepare` builds an :class:`AuditSetup` (task, data, original model, gold models) that several methods can
+share (``muaudit compare``). Every model comes from the task's :class:`~muaudit.shadows.ShadowBank`, which trains
+each one with the task's recipe and caches it content-addressed.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from muaudit.base import MembershipAttack, ModelOutputs
+from muaudit.cache import TensorCache
+from muaudit.checkpoint import Checkpoint, load_checkpoint, load_into, state_dict_sha256
+from muaudit.data import DataBundle, Split
+from muaudit.errors import CheckpointError, TaskError
+from muaudit.presets import TaskProfile, profile_of
+from muaudit.shadows import ModelRequest, ShadowBank
+from muaudit.task import ModelSpec, Task, spec_key
+from muaudit.training import derive_seed, fresh_model, predict_logits
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model trained by muaudit with its seed and how long its training took."""
+
+    model: nn.Module
+    seed: int
+    train_seconds: float
+    from_cache: bool
+
+
+@dataclass
+class AuditSetup:
+    """Everything shared by the methods audited on one task: data, original and gold models, cached logits."""
+
+    task: Task
+    data: DataBundle
+    original: nn.Module
+    original_source: dict[str, Any]
+    golds: list[TrainedModel]
+    device: torch.device
+    cache: TensorCache
+    progress: bool = False
+    _outputs: dict[int, ModelOutputs] = field(default_factory=dict, repr=False)
+    _attack_memo: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+    _attack_instances: dict[tuple[str, str], MembershipAttack] = field(default_factory=dict, repr=False)
+    _bank: Any = field(default=None, repr=False)
+
+    @cached_property
+    def train(self) -> Split:
+        """D as the original model saw it (flipped labels on a label-flip poisoning task)."""
+        return self.task.training_split(self.data)
+
+    @cached_property
+    def profile(self) -> TaskProfile:
+        """The task's scale, from which methods' ``preset="auto"`` defaults are resolved."""
+        return profile_of(self.task, self.data)
+
+    @cached_property
+    def forget(self) -> Split:
+        return self.train.subset(list(self.task.forget_indices or ()))
+
+    @cached_property
+    def retain(self) -> Split:
+        mask = np.ones(len(self.train), dtype=bool)
+        mask[list(self.task.forget_indices or ())] = False
+        return self.train.subset(np.flatnonzero(mask))
+
+    def outputs(self, model: nn.Module) -> ModelOutputs:
+        """Logits of ``model`` on D_f, D_r and the test split (memoised for the original and gold models)."""
+        key = id(model)
+        if key not in self._outputs:
+            forget, retain, test = self.forget, self.retain, self.data.test
+            result = ModelOutputs(
+                predict_logits(model, forget, self.device), forget.y,
+                predict_logits(model, retain, self.device), retain.y,
+                predict_logits(model, test, self.device), test.y,
+            )
+            if model is not self.original and all(model is not g.model for g in self.golds):
+                return result
+            self._outputs[key] = result
+        return self._outputs[key]
+
+
+# ---------------------------------------------------------------------------------- model sources
+def versions() -> dict[str, str]:
+    """Versions of Python and the numerical stack, for provenance."""
+    import scipy
+    import sklearn
+
+    from muaudit import __version__
+
+    return {"muaudit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
+
+
+def checkpoint_metadata(task: Task, role: str, seed: int, train_seconds: float) -> dict[str, Any]:
+    return {"role": role, "task": task.to_dict(), "task_hash": task.content_hash(), "arch": task.model.arch,
+            "seed": seed, "train_seconds": train_seconds, "versions": versions()}
+
+
+def _train_cached(bank: ShadowBank, indices: np.ndarray, role: str, seed: int) -> TrainedModel:
+    """One model through the shadow bank, trained one by one (bit-identical to ``train_from_scratch``, timed)."""
+    request = ModelRequest(role, indices, seed)
+    trained_before = bank.n_trained
+    model = bank.models([request], trainer="sequential")[0]
+    meta = bank.metadata(request, trainer="sequential") or {}
+    return TrainedModel(model, seed, float(meta.get("train_seconds", float("nan"))), bank.n_trained == trained_before)
+
+
+def train_original(bank: ShadowBank) -> TrainedModel:
+    """The original model: the task's recipe on the whole training set D (cached in the bank)."""
+    return _train_cached(bank, np.arange(bank.n_train), "original", derive_seed(bank.task.seed, "original"))
+
+
+def gold_seeds(task: Task, count: int) -> list[int]:
+    return [derive_seed(task.seed, "gold", j) for j in range(count)]
+
+
+def train_golds(bank: ShadowBank, count: int) -> list[TrainedModel]:
+    """``count`` gold models: fresh initialisation of every layer, the same recipe, on D_r only (cached)."""
+    if count < 1:
+        raise TaskError("at least one gold model is needed (--gold-seeds >= 1)")
+    forget = np.asarray(bank.task.forget_indices or (), dtype=np.int64)
+    retain = np.setdiff1d(np.arange(bank.n_train), forget)
+    return [_train_cached(bank, retain, "gold", s) for s in gold_seeds(bank.task, count)]
+
+
+def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | None,
+                             data_root: str | None) -> tuple[Task, dict[str, Any]]:
+    """Resolve the task of a checkpoint: its own metadata, or ``task``/``arch`` for a bare state dict."""
+    if ckpt.metadata is not None and "task" in ckpt.metadata:
+        own = Task.from_dict(ckpt.metadata["task"])
+        if data_root is not None:
+            own = replace(own, dataset=replace(own.dataset, root=data_root))
+        if task is not None and spec_key(task) != spec_key(own):
+            raise TaskError(f"{ckpt.path} was trained on task {own.name!r}, which differs from the --task given")
+        if arch is not None and arch != own.model.arch:
+            raise CheckpointError(f"{ckpt.path} holds a {own.model.arch!r} model, not {arch!r}")
+        return own, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": False}
+    if task is None:
+        raise CheckpointError(f"{ckpt.path} is a bare state dict without muaudit metadata: pass --task (and --arch)")
+    if arch is not None:
+        task = replace(task, model=ModelSpec(arch, task.model.options))
+    return task, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": True}
+
+
+def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None = None,
+            data_root: str | None = None, gold_count: int = 2, cache: TensorCache | None = None,
+            device: torch.device | None = None, progress: bool = False) -> AuditSetup:
+    """Load data, the original model and the gold models.
+
+    The original comes from ``checkpoint`` (whose metadata names its task; a bare state dict needs ``task``) or,
+    without one, is trained (and cached) from ``task``, which defaults to the named ``digits`` task.
+    ``gold_count=0`` prepares everything but the gold models (``muaudit tune`` must never see them).
+    """
+    from muaudit.task import NAMED_TASKS
+
+    cache = cache or TensorCache()
+    device = device or torch.device("cpu")
+    ckpt = load_checkpoint(checkpoint) if checkpoint else None
+    source: dict[str, Any] = {"kind": "trained"}
+    if ckpt is not None:
+        task, source = original_from_checkpoint(ckpt, task, arch, data_root)
+    task = task or NAMED_TASKS["digits"]
+    if data_root is not None:
+        task = replace(task, dataset=replace(task.dataset, root=data_root))
+    data = task.dataset.load()
+    task = task.materialise(data)
+    bank = ShadowBank(task, data, cache, device, progress=progress)
+    if ckpt is not None:
+        original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path).to(device).eval()
+    else:
+        trained = train_original(bank)
+        original = trained.model
+        source["train_seconds"] = trained.train_seconds
+    source["state_sha256"] = state_dict_sha256(original.state_dict())
+    setup = AuditSetup(task, data, original, source, [], device, cache, progress, _bank=bank)
+    setup.golds = train_golds(bank, gold_count) if gold_count else []
+    return setup
+
+
+def add_golds(setup: AuditSetup, count: int) -> AuditSetup:
+    """Train (or load) the gold models of a set-up prepared without them (``prepare(..., gold_count=0)``), e.g.
+    after ``muaudit tune``, which must run before the audited forget set's gold models exist."""
+    setup.golds = train_golds(shadow_bank(setup), count)
+    return setup
+
+
+def shadow_bank(setup: AuditSetup) -> ShadowBank:
+    """The audit's :class:`~muaudit.shadows.ShadowBank`: it trained the original and gold models and serves
+    every extra model (shadows, challenge golds, unlearned shadows)."""
+    if setup._bank is None:
+        setup._bank = ShadowBank(setup.task, setup.data, setup.cache, setup.device, progress=setup.progress)
+    return setup._bank
