@@ -445,7 +445,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     _check_tune_options(args, budget)
     from muaudit.tune import search_space
 
-    search_space(plugin.cls, params)  # a method with nothing to search fails before any training
+    search_space(plugin.cls, params, plugin.spec.describe())  # nothing to search: fail before any training
     result = _tune(_setup(args, golds=False), plugin, params, budget, args)
     if args.out:
         _write_outputs(Path(args.out), {"tune.json": result.to_json(), "tune.md": result.to_markdown()})

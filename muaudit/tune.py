@@ -6,7 +6,8 @@ retrained model, so the comparison measures the tuning as much as the method. mu
 1. **Proxy forget sets** (:func:`draw_proxy_tasks`): ``proxies`` forget sets of the same kind and size as the
    audited D_f, disjoint from it (and from each other), each with its own ``proxy_golds`` gold models (the
    task's recipe from a fresh initialisation on D minus the proxy). Random and index forget sets get random
-   proxies of the same size from D \\ D_f; a full class gets other classes; a class subset the same count from
+   proxies of the same size from D \\ D_f (disjoint from each other when D \\ D_f is large enough, else drawn
+   independently); a full class gets other classes; a class subset the same count from
    other classes; a sub-class other sub-classes; a label-flip set another draw from the same pool, flipped by
    the same rule (its original model is then retrained with the proxy's flipped labels, because the audited
    original was trained on the audited poison). The audited forget set's gold models are never requested, loaded
@@ -60,7 +61,8 @@ DEFAULT_SPACE_RULE = "lr: [default/10, default*10] log-uniform; epochs: [1, 3*de
 
 
 # ------------------------------------------------------------------------------------------- search space
-def search_space(cls: type, fixed: Mapping[str, Any] = ()) -> dict[str, tuple[Param, Search]]:
+def search_space(cls: type, fixed: Mapping[str, Any] = (), where: str | None = None
+                 ) -> dict[str, tuple[Param, Search]]:
     """The parameters ``cls`` tunes (declared ``search``, else :data:`DEFAULT_SPACE_RULE`) minus ``fixed``.
 
     Raises :class:`~muaudit.errors.PluginValidationError` (exit 3) when the method declares no search space and
@@ -71,8 +73,9 @@ def search_space(cls: type, fixed: Mapping[str, Any] = ()) -> dict[str, tuple[Pa
     declared = {p.name: (p, p.search) for p in params if p.search is not None}
     space = declared or _default_space(params)
     if not space:
-        raise PluginValidationError(f"method {cls.display_name()!r} declares no search space (no Param has a "
-                                    f"'search', and it has no lr or epochs parameter for the default space)")
+        raise PluginValidationError(f"{where or 'method ' + repr(cls.display_name())} declares no search space (no "
+                                    f"Param has a 'search', and it has no lr or epochs parameter for the default "
+                                    f"space: {DEFAULT_SPACE_RULE})")
     free = {k: v for k, v in space.items() if k not in set(fixed) and v[1].size > 1}
     if not free:
         raise ParameterError(f"the search space of {cls.display_name()!r} has nothing left to search: "
@@ -148,9 +151,13 @@ def draw_proxy_tasks(task: Task, data: Any, count: int, seed: int) -> list[Task]
 
 def _disjoint_draws(pool: np.ndarray, size: int, count: int, rng: np.random.Generator, kind: str
                     ) -> list[np.ndarray]:
-    if size * count > len(pool):
+    """Disjoint draws when the pool allows it, else independent draws (proxies may then overlap each other, never
+    D_f); a pool smaller than one forget set is an error."""
+    if size > len(pool):
         raise TaskError(f"cannot draw {count} proxy forget set(s) of {size} examples for a {kind!r} forget set: "
-                        f"only {len(pool)} eligible examples lie outside D_f (use fewer --proxies)")
+                        f"only {len(pool)} eligible examples lie outside D_f")
+    if size * count > len(pool):
+        return [np.sort(rng.choice(pool, size=size, replace=False)) for _ in range(count)]
     order = rng.permutation(pool)
     return [np.sort(order[j * size:(j + 1) * size]) for j in range(count)]
 
@@ -375,7 +382,7 @@ def tune(setup: Any, plugin: Any, params: Mapping[str, Any] | None = None, budge
     if proxy_golds < 1:
         raise ParameterError(f"each proxy forget set needs at least one gold model, got {proxy_golds}")
     seed = derive_seed(setup.task.seed, "tune") if seed is None else int(seed)
-    space = search_space(plugin.cls, params)
+    space = search_space(plugin.cls, params, plugin.spec.describe())
     config = _cache_config(setup, plugin, params, budget, proxies, proxy_golds, seed)
     cached = _load_cached(setup, config) if use_cache else None
     if cached is not None:
