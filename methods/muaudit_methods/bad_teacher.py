@@ -84,6 +84,8 @@ def unlearning_data(forget: Split, retain: Split, fraction: float, gen: torch.Ge
 
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"lr": 1e-4, "epochs": 1, "temperature": 1.0},
+    "digits": {"lr": 1e-3, "epochs": 10, "temperature": 1.0},
+    "digits-class": {"lr": 1e-3, "epochs": 4, "temperature": 1.0},
 }
 
 

@@ -90,6 +90,8 @@ def fgsm_neighbour_labels(labeller: nn.Module, split: Split, bound: float, discr
 
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"epochs": 10, "lr": 1e-5, "bound": 0.1},
+    "digits": {"epochs": 12, "lr": 1e-3, "bound": 0.05},
+    "digits-class": {"epochs": 7, "lr": 1e-3, "bound": 0.283},
 }
 
 

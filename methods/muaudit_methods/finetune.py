@@ -18,6 +18,8 @@ from muaudit.training import derive_seed, fit
 
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"epochs": 5, "lr": 0.02},
+    "digits": {"epochs": 14, "lr": 0.25},
+    "digits-class": {"epochs": 20, "lr": 0.5},
 }
 
 

@@ -120,9 +120,13 @@ def train_layers(model: nn.Module, names: list[str], split: Split, recipe: Recip
 
 EUK_PRESETS: dict[str, dict[str, object]] = {
     "paper": {"k": 3},
+    "digits": {"k": 2, "epochs": 12},
+    "digits-class": {"k": 2, "epochs": 12},
 }
 CFK_PRESETS: dict[str, dict[str, object]] = {
     "paper": {"k": 3, "epochs": 10, "lr": 0.01},
+    "digits": {"k": 3, "epochs": 20, "lr": 0.5},
+    "digits-class": {"k": 2, "epochs": 30, "lr": 0.3},
 }
 
 

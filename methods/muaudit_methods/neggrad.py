@@ -18,6 +18,8 @@ from muaudit.presets import preset_param
 
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"epochs": 5, "lr": 1e-4},
+    "digits": {"epochs": 13, "lr": 0.02},
+    "digits-class": {"epochs": 5, "lr": 0.05},
 }
 
 

@@ -61,6 +61,8 @@ def forget_batches(forget: Split, batch_size: int, gen: torch.Generator) -> list
 
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"beta": 0.95, "epochs": 10, "lr": 0.01},
+    "digits": {"beta": 0.85, "epochs": 10, "lr": 0.1},
+    "digits-class": {"beta": 0.85, "epochs": 5, "lr": 0.03},
 }
 
 

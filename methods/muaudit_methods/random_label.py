@@ -206,6 +206,8 @@ OPTIMISER_PARAMS: tuple[Param, ...] = (
 #: Named presets; "paper" leaves every optimiser setting to the variant's published values.
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {},
+    "digits": {"lr": 1e-3, "epochs": 5},
+    "digits-class": {"lr": 1.71e-3, "epochs": 18},
 }
 
 

@@ -117,6 +117,8 @@ class MaskPinning:
 #: Named presets; "paper" leaves the optimiser settings to SalUn's published CIFAR-10 values (SALUN_DEFAULTS).
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"mask_ratio": 0.5},
+    "digits": {"mask_ratio": 0.5, "lr": 0.01, "epochs": 10},
+    "digits-class": {"mask_ratio": 0.67, "lr": 0.0167, "epochs": 8},
 }
 
 

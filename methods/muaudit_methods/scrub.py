@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -86,6 +86,9 @@ PRESETS: dict[str, ScrubSettings] = {
 }
 #: "paper" is the published large-scale (CIFAR) setting, the fallback of the auto rule.
 PRESETS["paper"] = PRESETS["large-scale"]
+#: digits / digits-class: the large-scale row with lr, epochs and max steps calibrated on the named digits tasks.
+PRESETS["digits"] = replace(PRESETS["large-scale"], lr=0.04, epochs=8, msteps=5)
+PRESETS["digits-class"] = replace(PRESETS["large-scale"], lr=0.03, epochs=8, msteps=3)
 
 
 def as_params(settings: ScrubSettings) -> dict[str, object]:

@@ -82,6 +82,8 @@ def dampen(model: nn.Module, full: Mapping[str, torch.Tensor], forget: Mapping[s
 
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"lambda": 1.0, "alpha": 10.0},
+    "digits": {"lambda": 3.0, "alpha": 8.0},
+    "digits-class": {"lambda": 1.0, "alpha": 30.0},
 }
 
 

@@ -109,6 +109,8 @@ def targeted_loss(logits: torch.Tensor, target: torch.Tensor, lam: float) -> tor
 # ------------------------------------------------------------------------------------ the method
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"lam": 3.0, "lr": 1e-4, "epsilon": 0.05},
+    "digits": {"delta": 0.95, "lam": 1.0, "lr": 3e-5, "epsilon": 0.05},
+    "digits-class": {"delta": 0.0, "lam": 3.0, "lr": 1.27e-4, "epsilon": 0.0429},
 }
 
 
@@ -123,7 +125,8 @@ class TargetedNoise(UnlearningMethod):
     presets = PRESETS
     params = (
         preset_param(PRESETS),
-        Param("delta", float, 0.0, "probability of keeping the original label (paper: 0)", Interval(0, 1)),
+        Param("delta", float, 0.0, "probability of keeping the original label (paper: 0)", Interval(0, 1),
+              search=Search(0.0, 0.95)),
         Param("lam", float, 3.0, "loss exponent lambda (paper: 1 or 3)", Interval(1, None),
               search=Search(choices=(1.0, 3.0))),
         Param("lr", float, 1e-4, "Adam learning rate", Interval(0, None, closed="neither"),

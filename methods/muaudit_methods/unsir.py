@@ -88,6 +88,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: "paper" is the authors' notebook setting, the fallback of the auto rule.
 PRESETS["paper"] = PRESETS["official"]
+#: digits-class: the official row with the impair/repair rates and noise copies calibrated on the named digits-class
+#: task; UNSIR forgets whole classes only, so "digits" (random subsets) is the same row.
+PRESETS["digits-class"] = {**PRESETS["official"], "impair_lr": 4.37e-4, "noise_copies": 22, "repair_lr": 7.32e-3}
+PRESETS["digits"] = PRESETS["digits-class"]
 
 
 def _positive_int(name: str, help_text: str, search: Search | None = None) -> Param:
