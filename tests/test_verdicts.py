@@ -144,7 +144,8 @@ def _verdicts(card: Scorecard) -> dict[str, str]:
 
 def test_retrain_is_aligned(four_gold_setup, loss_attack):
     card = build_scorecard(four_gold_setup, run_method(four_gold_setup, load_method("retrain"), {}, 0), loss_attack)
-    assert set(_verdicts(card)) == {"forget_accuracy", "forget_entropy", "attack_auc:loss", "member_rate:loss"}
+    assert set(_verdicts(card)) == {"forget_accuracy", "forget_loss", "forget_entropy", "attack_auc:loss",
+                                    "member_rate:loss"}
     assert card.verdict_summary == V.ALIGNED, card.to_text()
 
 
@@ -158,7 +159,8 @@ def test_aggressive_gradient_ascent_over_forgets_a_random_subset(four_gold_setup
 
 def test_salun_random_labels_push_entropy_past_gold(four_gold_setup, loss_attack):
     """SalUn-style random labels leave D_f far more uncertain than the gold model is (digits, random subset)."""
-    run = run_method(four_gold_setup, load_method("random-label"), {"variant": "salun", "epochs": 5}, 0)
+    run = run_method(four_gold_setup, load_method("random-label"), {"preset": "paper", "variant": "salun", "epochs": 5},
+                     0)
     card = build_scorecard(four_gold_setup, run, loss_attack)
     assert _verdicts(card)["forget_entropy"] == V.OVER
 

@@ -41,7 +41,7 @@ def test_training_moves_forget_predictions_to_the_neighbour_labels(digits_class_
     setup = digits_class_setup
     y_nbr = fgsm_neighbour_labels(setup.original, setup.forget, 0.1, True, torch.device("cpu"))
     before = setup.outputs(setup.original).forget_logits.argmax(dim=1)
-    run = run_method(setup, load_method("boundary-shrink"), {"lr": 0.01, "epochs": 30}, seed=0)
+    run = run_method(setup, load_method("boundary-shrink"), {"preset": "paper", "lr": 0.01, "epochs": 30}, seed=0)
     after = setup.outputs(run.model).forget_logits.argmax(dim=1)
     assert (before == y_nbr).float().mean() < 0.7
     assert (after == y_nbr).float().mean() > 0.95

@@ -175,7 +175,7 @@ def test_retain_outputs_move_less_than_neggrad(digits_setup):
     setup = digits_setup
     o = setup.outputs(setup.original)
     pgu = setup.outputs(run_method(setup, load_method("pgu"), FAST, seed=0).model)
-    neg = setup.outputs(run_method(setup, load_method("neggrad"), {"lr": NEGGRAD_LR}, seed=0).model)
+    neg = setup.outputs(run_method(setup, load_method("neggrad"), {"preset": "paper", "lr": NEGGRAD_LR}, seed=0).model)
 
     def forget_acc(m):
         return accuracy(m.forget_logits, m.forget_labels)

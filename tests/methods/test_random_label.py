@@ -22,8 +22,8 @@ def accuracies(setup, model) -> dict[str, float]:
 @pytest.mark.parametrize("params", [
     {"lr": 1e-3},                                          # amnesiac (SSD), labels != own label
     {"lr": 1e-3, "exclude": "forget-classes"},              # amnesiac, SSD full-class rule
-    {"variant": "salun", "epochs": 2},                      # SalUn CIFAR-10 loop, its own defaults
-    {"variant": "salun-shuffled", "epochs": 2},             # SalUn CIFAR-100 loop
+    {"preset": "paper", "variant": "salun", "epochs": 2},   # SalUn CIFAR-10 loop, its own defaults
+    {"preset": "paper", "variant": "salun-shuffled", "epochs": 2},  # SalUn CIFAR-100 loop
 ])
 def test_full_class_forget_accuracy_goes_to_zero(digits_class_setup, params):
     acc = accuracies(digits_class_setup, run_method(digits_class_setup, load_method("random-label"), params, seed=0).model)

@@ -72,7 +72,7 @@ def test_loss_is_cross_entropy_to_the_power_lambda():
 
 
 def test_method_labels_follow_the_rule_on_the_pretrained_model(digits_setup):
-    method, _ = run_direct(digits_setup, {"max_steps": 1})
+    method, _ = run_direct(digits_setup, {"preset": "paper", "max_steps": 1})
     logits = predict_logits(digits_setup.original, digits_setup.forget, torch.device("cpu"))
     y = digits_setup.forget.y
     assert torch.equal(method.last_pseudo_labels, targeted_labels(logits, y, torch.zeros(len(y)), 0.0))
