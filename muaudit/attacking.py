@@ -88,12 +88,14 @@ def _most_exposed(members: np.ndarray, positions: Any, count: int = 10) -> tuple
     return tuple({"forget_position": int(where[i]), "score": float(members[i])} for i in order)
 
 
-def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun, params: dict[str, Any] | None = None
+def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, params: dict[str, Any] | None = None
                ) -> AttackResults:
     """Apply one attack to the unlearned, original and gold models (the last two memoised per attack).
 
     One attack instance per (attack, parameters) serves every method of the set-up, so what it fits once (shadow
     classifiers, Gaussians) is reused by ``compare``; the scores of the original and gold models are memoised too.
+    ``run=None`` scores the original in the unlearned model's place (the task's signal, before any method); an
+    attack that needs the method under audit (U-LiRA) cannot do that.
     """
     params = dict(params or {})
     probe: MembershipAttack = plugin.cls(**params)
@@ -101,16 +103,19 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun, params: 
     attack = setup._attack_instances.setdefault(instance_key, probe)
     seed = derive_seed(setup.task.seed, "attack")
     needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
-    unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if "method" in needs else None
+    if run is None and "method" in needs:
+        raise PluginValidationError(f"attack {plugin.spec.name!r} needs the method under audit: it cannot score a "
+                                    f"task without one")
+    unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if run and "method" in needs else None
     key = (plugin.spec.qualified_name, json.dumps(attack.hparams.as_dict(), sort_keys=True, default=str),
            json.dumps(unlearner.label, sort_keys=True, default=str) if unlearner else "")
 
     def on(model: nn.Module, role: str) -> AttackRun:
         return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner))
 
-    unlearned = on(run.model, "unlearned")
     if key not in setup._attack_memo:
         setup._attack_memo[key] = (on(setup.original, "original"),
                                    tuple(on(g.model, "gold") for g in setup.golds))
     original, golds = setup._attack_memo[key]
+    unlearned = original if run is None else on(run.model, "unlearned")
     return AttackResults(plugin, attack.hparams.as_dict(), unlearned, original, golds)

@@ -412,10 +412,39 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _list_tasks() -> None:
     from muaudit.task import NAMED_TASKS
 
+    signals = _measured_signals()
     print("tasks:")
     for name, task in NAMED_TASKS.items():
         forget = {k: v for k, v in vars(task.forget).items() if v is not None}
-        print(f"  {name:<22} {task.dataset.name}, {task.model.arch}, forget {forget}")
+        subset = f" ({task.dataset.train_subset} training examples)" if task.dataset.train_subset else ""
+        print(f"  {name:<24} {task.dataset.name}{subset}, {task.model.arch}, {task.recipe.epochs} epochs, "
+              f"forget {forget}")
+        print(f"  {'':<24} {_signal_text(task, signals.get(name))}")
+
+
+def _measured_signals() -> dict[str, Any]:
+    """The committed measurements of ``reports/scripts/task_signals.py`` (shipped as package data)."""
+    from importlib.resources import files
+
+    try:
+        return json.loads(files("muaudit").joinpath("task_signals.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _signal_text(task: Any, record: dict[str, Any] | None) -> str:
+    from muaudit.task import spec_digest
+
+    if record is None:
+        return "signal: not measured"
+    if record.get("spec_digest") != spec_digest(task):
+        return f"signal: measured {record['measured']} for an earlier definition of this task (re-measure)"
+    ratio = record["gap_in_spreads"]
+    spread = ("gold models agree exactly" if ratio is None else f"gap {ratio}x the gold spread")
+    verdict = "shows forgetting" if record["detectable"] else "CANNOT show forgetting"
+    return (f"signal: {verdict}: forget error original {record['forget_error_original']}% vs gold "
+            f"{record['forget_error_gold']}% ({spread}); {record['checks']} checks separate them "
+            f"(measured {record['measured']}, {record['gold_seeds']} gold seeds)")
 
 
 def _write_outputs(directory: Path, files: dict[str, str]) -> None:

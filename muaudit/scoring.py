@@ -223,6 +223,15 @@ def signal_section(setup: AuditSetup, o: ModelOutputs, golds: list[ModelOutputs]
                   _distribution_signal(o, golds))
 
 
+def task_signal(setup: AuditSetup, attacks: Sequence[tuple[LoadedPlugin, dict[str, Any]]]) -> Signal:
+    """The signal section of a set-up before any method: can this task, with these attacks, show forgetting?"""
+    from muaudit.attacking import run_attack
+
+    results = [run_attack(setup, plugin, None, params) for plugin, params in attacks]
+    return signal_section(setup, setup.outputs(setup.original), [setup.outputs(g.model) for g in setup.golds],
+                          results)
+
+
 def _distribution_signal(o: ModelOutputs, golds: list[ModelOutputs]) -> dict[str, Any]:
     """KS distance of the original's D_f loss and entropy distributions to the reference gold's, beside the
     other gold models' (the gold-vs-gold noise floor of that distance)."""

@@ -511,6 +511,12 @@ def spec_key(task: Task) -> tuple[Any, ...]:
             tuple(sorted(dict(task.model.options).items())), task.recipe, task.seed)
 
 
+def spec_digest(task: Task) -> str:
+    """SHA-256 of :func:`spec_key`: identifies a task definition without loading its data (``muaudit list``)."""
+    text = json.dumps(repr(spec_key(task)))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def named_match(task: Task) -> str | None:
     """The name of the built-in task with the same specification as ``task`` (see :func:`spec_key`), if any."""
     key = spec_key(task)
