@@ -480,6 +480,25 @@ def _digits(forget: ForgetSpec, name: str) -> Task:
 
 
 def _fashion(forget: ForgetSpec, name: str) -> Task:
+    """Fashion-MNIST where forgetting shows: a class-stratified 10,000-image training subset, 25 epochs.
+
+    Measured (``reports/protocol/fmnist-task-design.md``, one torch thread on this project's 2-core CPU): the
+    original fits its training set (forget error 0.2% on a random 2,000-image D_f) while the gold models miss
+    10.1-10.9% of it (gap 12.7x the gold-vs-gold spread of 0.8 points); test error 10.9% (gold 11.5-11.9%);
+    83-113 s per model. A random D_f of 2,000 rather than 1,000 images halves the sampling noise of the
+    forget error, so the gap clears 5x the spread with margin (1,000 images: 7.3x, measured once).
+    """
+    return Task(name=name, dataset=DatasetSpec("fashion-mnist", train_subset=10_000), forget=forget,
+                model=ModelSpec("cnn"),
+                recipe=Recipe(epochs=25, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4))
+
+
+def _fashion_5ep(forget: ForgetSpec, name: str) -> Task:
+    """The earlier Fashion-MNIST tasks (all 60,000 images, 5 epochs), kept because committed reports use them.
+
+    The original never memorises D_f there (forget error 4.5% against the gold models' 6.8%; population attack
+    AUC 0.50-0.51 for original and gold alike), so most contrasts lie inside the noise.
+    """
     return Task(name=name, dataset=DatasetSpec("fashion-mnist"), forget=forget, model=ModelSpec("cnn"),
                 recipe=Recipe(epochs=5, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4))
 
@@ -493,10 +512,13 @@ def _cifar(dataset: str, forget: ForgetSpec, name: str) -> Task:
 NAMED_TASKS: dict[str, Task] = {
     "digits": _digits(ForgetSpec("random", fraction=0.1), "digits"),
     "digits-class": _digits(ForgetSpec("full-class", cls=3), "digits-class"),
-    "fashion-mnist-random": _fashion(ForgetSpec("random", count=1000), "fashion-mnist-random"),
+    "fashion-mnist-random": _fashion(ForgetSpec("random", count=2000), "fashion-mnist-random"),
     "fashion-mnist-class": _fashion(ForgetSpec("full-class", cls=0), "fashion-mnist-class"),
     "digits-poison": _digits(ForgetSpec("label-flip", cls=3, count=60, target=8), "digits-poison"),
     "fashion-mnist-poison": _fashion(ForgetSpec("label-flip", fraction=0.05), "fashion-mnist-poison"),
+    "fashion-mnist-random-5ep": _fashion_5ep(ForgetSpec("random", count=1000), "fashion-mnist-random-5ep"),
+    "fashion-mnist-class-5ep": _fashion_5ep(ForgetSpec("full-class", cls=0), "fashion-mnist-class-5ep"),
+    "fashion-mnist-poison-5ep": _fashion_5ep(ForgetSpec("label-flip", fraction=0.05), "fashion-mnist-poison-5ep"),
     "cifar10-random": _cifar("cifar10", ForgetSpec("random", fraction=0.1), "cifar10-random"),
     "cifar10-class": _cifar("cifar10", ForgetSpec("full-class", cls=0), "cifar10-class"),
     "cifar100-class": _cifar("cifar100", ForgetSpec("full-class", cls=0), "cifar100-class"),

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 cache=${1:-$(mktemp -d -t muaudit-bench.XXXXXX)}
 common="retrain,finetune,neggrad,neggrad-plus,random-label,bad-teacher,scrub,ssd,salun,boundary-shrink,l1-sparse,eu-k,cf-k"
 # UNSIR is a class-forgetting method: it is compared on the full-class task only.
-muaudit compare --task fashion-mnist-random --methods "$common" --cache-dir "$cache" --quiet \
+muaudit compare --task fashion-mnist-random-5ep --methods "$common" --cache-dir "$cache" --quiet \
   --out reports/baselines/fashion-mnist-random
-muaudit compare --task fashion-mnist-class --methods "$common,unsir" --cache-dir "$cache" --quiet \
+muaudit compare --task fashion-mnist-class-5ep --methods "$common,unsir" --cache-dir "$cache" --quiet \
   --out reports/baselines/fashion-mnist-class

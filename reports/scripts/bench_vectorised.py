@@ -42,7 +42,7 @@ def workloads(fmnist_pool: int) -> list[Workload]:
     out = [Workload("mlp / digits (1257 train, half each, 3 epochs, batch 64)", mlp, digits, digits.train)]
     if os.path.isdir(FASHION_MNIST_ROOT):
         fmnist = load_dataset("fashion-mnist")
-        cnn = replace(NAMED_TASKS["fashion-mnist-random"], recipe=Recipe(epochs=2, batch_size=128, lr=0.05))
+        cnn = replace(NAMED_TASKS["fashion-mnist-random-5ep"], recipe=Recipe(epochs=2, batch_size=128, lr=0.05))
         pool = fmnist.train.subset(np.arange(fmnist_pool))
         out.append(Workload(f"cnn / fashion-mnist ({fmnist_pool} train, half each, 2 epochs, batch 128)",
                             cnn, fmnist, pool))
