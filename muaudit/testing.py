@@ -7,9 +7,13 @@ and raises ``AssertionError`` with a clear message when the contract is broken:
 - :func:`check_seed_determinism`: the same seed gives bit-identical weights (unless the method declares
   ``deterministic = False``).
 - :func:`check_refuses_undeclared_data`: asking ``MethodData`` for undeclared data raises.
+
+:func:`judge_defaults` applies the acceptance rule of task-matched defaults (does a run move the forget error
+toward gold without collapse?), used by ``tests/test_defaults.py`` and ``reports/scripts/acceptance.py``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +75,54 @@ def check_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any]
     check_does_not_mutate_input(setup, plugin, params)
     check_seed_determinism(setup, plugin, params)
     check_refuses_undeclared_data(setup, plugin)
+
+
+@dataclass(frozen=True)
+class DefaultsJudgement:
+    """Did a method's run move the forget error toward gold without collapsing the test error?
+
+    The rule (the project's defaults check): the forget error must move from the original's toward the gold
+    models' mean by at least min(1 point, a quarter of their gap), and the test error must stay within
+    max(2 points, 3 gold spreads) of the worse of the original and the reference gold model.
+    """
+
+    forget_error: float
+    test_error: float
+    original_forget_error: float
+    gold_forget_error: float
+    required_move: float
+    test_ceiling: float
+
+    @property
+    def moved(self) -> bool:
+        direction = 1.0 if self.gold_forget_error >= self.original_forget_error else -1.0
+        return (self.forget_error - self.original_forget_error) * direction >= self.required_move
+
+    @property
+    def collapsed(self) -> bool:
+        return self.test_error > self.test_ceiling
+
+    def describe(self) -> str:
+        return (f"forget error {self.original_forget_error:.2f} -> {self.forget_error:.2f} (gold "
+                f"{self.gold_forget_error:.2f}, must move {self.required_move:.2f}); test error {self.test_error:.2f} "
+                f"(ceiling {self.test_ceiling:.2f})")
+
+
+def judge_defaults(setup: AuditSetup, model: torch.nn.Module) -> DefaultsJudgement:
+    """Apply the defaults rule (:class:`DefaultsJudgement`) to ``model`` on ``setup``."""
+    import numpy as np
+
+    from muaudit import readouts as R
+
+    def errors(m: torch.nn.Module) -> tuple[float, float]:
+        out = setup.outputs(m)
+        return (R.error_percent(out.forget_logits, out.forget_labels),
+                R.error_percent(out.test_logits, out.test_labels))
+
+    forget, test = errors(model)
+    orig_forget, orig_test = errors(setup.original)
+    golds = np.array([errors(g.model) for g in setup.golds])
+    gap = float(golds[:, 0].mean()) - orig_forget
+    ceiling = max(orig_test, float(golds[0, 1])) + max(2.0, 3 * float(golds[:, 1].max() - golds[:, 1].min()))
+    return DefaultsJudgement(forget, test, orig_forget, float(golds[:, 0].mean()),
+                             min(1.0, abs(gap) / 4) if gap else 1.0, ceiling)

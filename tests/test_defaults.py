@@ -12,13 +12,11 @@ The same acceptance on the Fashion-MNIST tasks is a benchmark (``reports/scripts
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from muaudit import readouts as R
 from muaudit.audit import run_method
 from muaudit.plugins import METHODS, discover
-from muaudit.testing import load_method
+from muaudit.testing import judge_defaults, load_method
 
 NO_MOVE_REQUIRED = {("mu-mis", "digits")}
 CLASS_ONLY = {"unsir"}
@@ -28,25 +26,13 @@ def _builtins() -> list[str]:
     return sorted(s.name for s in discover(METHODS) if s.dist == "muaudit" and s.name != "retrain")
 
 
-def _errors(setup, model) -> tuple[float, float]:
-    out = setup.outputs(model)
-    return (R.error_percent(out.forget_logits, out.forget_labels), R.error_percent(out.test_logits, out.test_labels))
-
-
 def _judge(setup, name: str, task: str) -> None:
     run = run_method(setup, load_method(name), {})
     assert run.preset is not None and run.preset["auto"] and run.preset["name"].startswith("digits"), run.preset
-    forget, test = _errors(setup, run.model)
-    orig_forget, orig_test = _errors(setup, setup.original)
-    golds = np.array([_errors(setup, g.model) for g in setup.golds])
-    gap = golds[:, 0].mean() - orig_forget
-    need = min(1.0, abs(gap) / 4) if gap else 1.0
-    ceiling = max(orig_test, golds[0, 1]) + max(2.0, 3 * (golds[:, 1].max() - golds[:, 1].min()))
-    assert test <= ceiling, f"{name} collapses on {task}: test error {test:.2f} > {ceiling:.2f}"
+    judged = judge_defaults(setup, run.model)
+    assert not judged.collapsed, f"{name} collapses on {task}: {judged.describe()}"
     if (name, task) not in NO_MOVE_REQUIRED:
-        moved = (forget - orig_forget) * np.sign(gap or 1.0)
-        assert moved >= need, (f"{name} does not move on {task}: forget error {orig_forget:.2f} -> {forget:.2f} "
-                               f"(gold {golds[:, 0].mean():.2f})")
+        assert judged.moved, f"{name} does not move on {task}: {judged.describe()}"
 
 
 @pytest.mark.parametrize("name", [n for n in _builtins() if n not in CLASS_ONLY])
