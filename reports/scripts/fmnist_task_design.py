@@ -47,7 +47,7 @@ class ModelNumbers:
     role: str
     seed: int | None
     train_seconds: float
-    from_cache: bool
+    from_cache: bool | None  # None: not reported (the original's cache status is not exposed by prepare)
     forget_error: float
     forget_clean_error: float | None
     retain_error: float
@@ -107,7 +107,7 @@ def _losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 
 def measure(setup: AuditSetup, model: torch.nn.Module, role: str, seed: int | None, seconds: float,
-            from_cache: bool) -> ModelNumbers:
+            from_cache: bool | None) -> ModelNumbers:
     """Errors, D_f loss/entropy and the loss-threshold AUC (D_f members vs test non-members) of one model."""
     out: ModelOutputs = setup.outputs(model)
     forget_loss, test_loss = _losses(out.forget_logits, out.forget_labels), _losses(out.test_logits, out.test_labels)
@@ -157,9 +157,11 @@ def print_table(rows: list[ModelNumbers], summary: dict[str, Any]) -> None:
     print(" ".join(f"{h:>10}" for h in header))
     for r in rows:
         clean = "-" if r.forget_clean_error is None else f"{r.forget_clean_error:.2f}"
-        cells = (r.role, "-" if r.seed is None else str(r.seed), f"{r.train_seconds:.1f}", str(r.from_cache), f"{r.forget_error:.2f}",
-                 clean, f"{r.retain_error:.2f}", f"{r.test_error:.2f}", f"{r.forget_loss:.4f}",
-                 f"{r.forget_entropy:.4f}", f"{r.loss_auc:.3f}")
+        seed = "-" if r.seed is None else str(r.seed)
+        cached = "-" if r.from_cache is None else str(r.from_cache)
+        cells = (r.role, seed, f"{r.train_seconds:.1f}", cached, f"{r.forget_error:.2f}", clean,
+                 f"{r.retain_error:.2f}", f"{r.test_error:.2f}", f"{r.forget_loss:.4f}", f"{r.forget_entropy:.4f}",
+                 f"{r.loss_auc:.3f}")
         print(" ".join(f"{c:>10}" for c in cells))
     for key, value in summary.items():
         print(f"{key:>26}: {value:.4f}" if isinstance(value, float) else f"{key:>26}: {value}")
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     source = setup.original_source
     original = measure(setup, setup.original, "original", None, float(source.get("train_seconds", float("nan"))),
-                       False)
+                       None)
     golds = [measure(setup, g.model, "gold", g.seed, g.train_seconds, g.from_cache) for g in setup.golds]
     summary = summarise(original, golds)
     print(f"task {task.name}: {len(setup.train)} train, |D_f| = {len(setup.forget)}, {len(setup.data.test)} test; "
