@@ -1,7 +1,7 @@
 """``mu-mis``: Machine Unlearning via Minimizing Input Sensitivity (MU-Mis).
 
 Paper: Xinwen Cheng, Zhehao Huang, Xiaolin Huang, "Machine Unlearning by Suppressing Sample Contribution"
-(``/work/shared/papers/000_da988ef1f5136aea.txt``; notes in ``reference/methods.md`` section 2). No public code
+(arXiv 2402.15109, 2024). No public code
 exists; everything below follows the paper, and every point it leaves open is tagged [DECISION].
 
 Idea (Sections 3.2 to 3.5): a training sample's contribution to the model shows in the input sensitivity of its

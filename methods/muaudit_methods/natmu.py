@@ -1,7 +1,7 @@
 """``natmu``: Natural Machine Unlearning (NatMU): inject retain information into the forget samples.
 
 Paper: Zhengbao He, Tao Li, Xinwen Cheng, Zhehao Huang, Xiaolin Huang, "Towards Natural Machine Unlearning",
-NeurIPS 2024 (``/work/shared/papers/003_114232ce23610446.txt``; notes in ``reference/methods.md`` section 4).
+NeurIPS 2024 (arXiv 2405.15495).
 Official code ``ZhengbaoHe/NatMU`` @ f7b977e: ``sample-wise/natmu.py``, ``class-wise/natmu.py``,
 ``*/utils/generate_patch_data.py`` / ``generate_natural_data.py``, ``*/utils/lr_scheduler.py``,
 ``class-wise/utils/train.py::init_linear`` and the ``scripts/**/natmu.sh`` settings.

@@ -2,9 +2,9 @@
 
 Paper: Tuan Hoang, Santu Rana, Sunil Gupta, Svetha Venkatesh, "Learn to Unlearn for Deep Neural Networks:
 Minimizing Unlearning Interference with Gradient Projection", WACV 2024
-(``/work/shared/papers/001_8ea96f725320f741.txt``). Reference code: ``hnanhtuan/projected_gradient_unlearning``
+(arXiv 2312.04095). Reference code: ``hnanhtuan/projected_gradient_unlearning``
 (``unlearn.py`` sample removal, ``unlearn_class.py`` class removal, ``depoisoning.py``,
-``utils/unlearn_utils.py``); notes in ``reference/methods.md`` section 1.
+``utils/unlearn_utils.py``).
 
 Algorithm (paper Section 3.2; equation numbers are the paper's):
 

@@ -1,7 +1,7 @@
 """``targeted-noise``: delta-Targeted^lambda label-noise injection (forget-set-only fine-tuning).
 
-Paper: "Towards Safe Machine Unlearning: a Paradigm that Mitigates Performance Degradation" (WWW'25;
-``/work/shared/papers/002_45566a54cd647978.txt``; notes in ``reference/methods.md`` section 3). No public code
+Paper: Shanshan Ye, Jie Lu, Guangquan Zhang, "Towards Safe Machine Unlearning: a Paradigm that Mitigates Performance
+Degradation", The ACM Web Conference (WWW) 2025, doi:10.1145/3696410.3714638 (no arXiv version). No public code
 exists; everything below follows the paper, and every point it leaves open is tagged [DECISION].
 
 Algorithm 1 (lines 2 to 17), pseudo-labels computed **once** on the pretrained model: with

@@ -1,8 +1,7 @@
 """``tmu``: Twin Machine Unlearning (TMU), aligned data forgetting through a twin unlearning problem.
 
 Paper: Niu, Ji, Sun, Lin, Gao, Wang, Gao, "Towards Aligned Data Forgetting via Twin Machine Unlearning"
-(arXiv 2408.11433 / 2501.08615; ``/work/shared/papers/004_88732e71ac458650.txt``; notes in
-``reference/methods.md`` section 5). Official code: ``abc321123444/TWIN-unlearning`` (incomplete: ``un.py`` with
+(arXiv 2408.11433 / 2501.08615). Official code: ``abc321123444/TWIN-unlearning`` (incomplete: ``un.py`` with
 ``get_feature`` and ``noise_train`` was never published); where the code and the paper disagree the paper wins,
 and the code's behaviour is an option only where it matters.
 
