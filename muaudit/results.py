@@ -11,10 +11,10 @@ is a deterministic function of the inputs and seeds.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from muaudit.serial import json_safe
 from muaudit.verdicts import Verdict
 
 SCHEMA_VERSION = "1.2"
@@ -103,7 +103,7 @@ class Scorecard:
         out = asdict(self)
         out["readouts"] = [asdict(r) | {"gold_spread": list(r.gold_spread)} for r in self.readouts]
         out["verdicts"] = [asdict(v) for v in self.verdicts]
-        return _clean(out)
+        return json_safe(out)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
@@ -203,17 +203,6 @@ def _fmt(value: float | None) -> str:
 
 def _row(r: Readout) -> list[str]:
     return [r.name, _fmt(r.unlearned), _fmt(r.original), _fmt(r.gold), _fmt(r.gap), _fmt(r.spread_max)]
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: tuples to lists, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def comparison_table(cards: Sequence[Scorecard]) -> str:

@@ -43,6 +43,7 @@ import numpy as np
 
 from muaudit.errors import MuauditError, ParameterError, PluginValidationError, TaskError
 from muaudit.params import Param, Search
+from muaudit.serial import json_safe
 
 if TYPE_CHECKING:  # the CLI imports this module for its defaults: no torch at start-up
     from muaudit.task import Task
@@ -246,7 +247,7 @@ class TuneResult:
     schema: int = TUNE_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
@@ -299,18 +300,6 @@ def _cell(value: Any) -> str:
 
 def _float(value: Any) -> float:
     return math.inf if value is None else float(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ------------------------------------------------------------------------------------------ the criterion

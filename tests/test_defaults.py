@@ -8,7 +8,7 @@ worse of the original and the gold models (the rule of the project's defaults ch
   unchanged (the gold model classifies a random D_f about as well as the original), so no movement is required;
 - ``unsir`` forgets whole classes only (its docstring): it is not run on a random subset.
 
-The same acceptance on the Fashion-MNIST tasks is a benchmark (``reports/scripts/protocol_fmnist.py``), not a test.
+The same acceptance on the Fashion-MNIST tasks is a benchmark (``reports/scripts/acceptance.py``), not a test.
 """
 from __future__ import annotations
 

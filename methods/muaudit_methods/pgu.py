@@ -207,9 +207,9 @@ _TABLE: dict[tuple[str, bool], dict[str, float]] = {
                         "lam": 0.2, "batch_size": 32, "early_stop_drop": 5.0},
     ("digits", True): {"gamma": 0.8, "start_lr": 0.5, "end_lr": 0.1, "epochs": 100, "epsilon": 0.1,
                        "lam": -0.2, "batch_size": 32, "early_stop_drop": 5.0},
-    ("fmnist", False): {"gamma": 0.95, "start_lr": 0.05, "end_lr": 0.01, "epochs": 100, "epsilon": 0.05,
+    ("fmnist-5ep", False): {"gamma": 0.95, "start_lr": 0.05, "end_lr": 0.01, "epochs": 100, "epsilon": 0.05,
                         "lam": 0.2, "batch_size": 128, "early_stop_drop": 1.0},
-    ("fmnist", True): {"gamma": 0.95, "start_lr": 0.1, "end_lr": 0.05, "epochs": 100, "epsilon": 0.1,
+    ("fmnist-5ep", True): {"gamma": 0.95, "start_lr": 0.1, "end_lr": 0.05, "epochs": 100, "epsilon": 0.1,
                        "lam": -0.2, "batch_size": 128, "early_stop_drop": 5.0},
 }
 

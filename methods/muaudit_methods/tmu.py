@@ -184,7 +184,7 @@ PRESETS: dict[str, PresetValues] = {
                            noise_std=0.6, epochs=3, lr=5e-2),
     "digits-class": PresetValues(twin_epochs=10, twin_lr=1e-4, curriculum_epochs=2, curriculum_lr=1e-3,
                                  noise_std=0.016, epochs=12, lr=4.92e-3),
-    "fmnist": PresetValues(twin_epochs=2, twin_lr=1e-4, curriculum_epochs=2, curriculum_lr=1e-3,
+    "fmnist-5ep": PresetValues(twin_epochs=2, twin_lr=1e-4, curriculum_epochs=2, curriculum_lr=1e-3,
                            noise_std=0.1, epochs=1, lr=1e-2),
 }
 

@@ -38,11 +38,11 @@ RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("finetune", "finetune", {}),
         ("neggrad", "neggrad", {"lr": 1e-3}),
         ("random-label", "random-label", {}),
-        ("pgu", "pgu", {"preset": "fmnist"}),
-        ("mu-mis", "mu-mis", {"preset": "fmnist"}),
+        ("pgu", "pgu", {"preset": "fmnist-5ep"}),
+        ("mu-mis", "mu-mis", {"preset": "fmnist-5ep"}),
         ("targeted-noise-3", "targeted-noise", {"lam": 3.0}),
-        ("natmu", "natmu", {"preset": "fmnist"}),
-        ("tmu", "tmu", {"preset": "fmnist"}),
+        ("natmu", "natmu", {"preset": "fmnist-5ep"}),
+        ("tmu", "tmu", {"preset": "fmnist-5ep"}),
     ],
     "fashion-mnist-64": [
         ("retrain", "retrain", {}),
@@ -58,9 +58,9 @@ RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("retrain", "retrain", {}),
         ("finetune", "finetune", {}),
         ("random-label", "random-label", {}),
-        ("pgu", "pgu", {"preset": "fmnist"}),
-        ("mu-mis", "mu-mis", {"preset": "fmnist-class"}),
-        ("natmu", "natmu", {"preset": "fmnist", "variant": "class-wise"}),
+        ("pgu", "pgu", {"preset": "fmnist-5ep"}),
+        ("mu-mis", "mu-mis", {"preset": "fmnist-5ep-class"}),
+        ("natmu", "natmu", {"preset": "fmnist-5ep", "variant": "class-wise"}),
     ],
 }
 
