@@ -90,6 +90,9 @@ PRESETS["paper"] = PRESETS["large-scale"]
 PRESETS["digits"] = replace(PRESETS["large-scale"], lr=0.04, epochs=8, msteps=5)
 PRESETS["digits-class"] = replace(PRESETS["large-scale"], lr=0.03, epochs=8, msteps=3)
 PRESETS["fmnist-class"] = replace(PRESETS["large-scale"], lr=1e-3, epochs=5, msteps=3)
+#: Random subsets there: a cliff between lr 0.0085 (forget error 0.2 -> 0.95) and 0.01 (17%, test error 20%);
+#: lr 0.0095 moves it to 4.1 (gold 10.4) with test error 12.2 (gold 11.7).
+PRESETS["fmnist"] = replace(PRESETS["large-scale"], lr=9.5e-3, epochs=5, msteps=3)
 
 
 def as_params(settings: ScrubSettings) -> dict[str, object]:
