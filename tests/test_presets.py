@@ -94,6 +94,13 @@ def test_no_builtin_uses_cifar_values_on_the_digits_mlp(name, kind):
 
 
 @pytest.mark.parametrize("name", _builtin_methods())
+@pytest.mark.parametrize("kind, expected", [("random", "fmnist"), ("full-class", "fmnist-class")])
+def test_every_builtin_has_calibrated_fashion_mnist_presets(name, kind, expected):
+    cls = load_by_name(METHODS, name).cls
+    assert cls.auto_preset(profile(arch="cnn", shape=(1, 28, 28), kind=kind, dataset="fashion-mnist")).name == expected
+
+
+@pytest.mark.parametrize("name", _builtin_methods())
 def test_every_builtin_keeps_a_published_preset(name):
     cls = load_by_name(METHODS, name).cls
     published = {"paper", "cifar10", "official", "large-scale"}
