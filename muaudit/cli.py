@@ -93,6 +93,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                         "(plus N more gold models for its noise floor); 0 = off (default); the challenge used 512")
     p.add_argument("--out", help="directory to write the JSON and Markdown results into")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--retain-sample", default="10000", metavar="N|all",
+                   help="retain-set readouts and attack fits on a fixed, seeded sample of N examples of D_r "
+                        "(default 10000; 'all' = all of D_r); methods always get all of D_r")
 
 
 def _add_tune_options(p: argparse.ArgumentParser) -> None:
@@ -236,7 +239,20 @@ def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
     return prepare(_task(args), args.model, args.arch, args.data_root, gold_seeds if golds else 0, cache, device,
-                   progress=not args.quiet)
+                   progress=not args.quiet, retain_sample_size=_retain_sample(args))
+
+
+def _retain_sample(args: argparse.Namespace) -> int | None:
+    text = str(getattr(args, "retain_sample", "all")).strip().lower()
+    if text == "all":
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        raise _UsageError(f"--retain-sample must be a positive integer or 'all', got {text!r}") from None
+    if size < 1:
+        raise _UsageError(f"--retain-sample must be a positive integer or 'all', got {size}")
+    return size
 
 
 def _check_tune_options(args: argparse.Namespace, budget: int | None) -> None:

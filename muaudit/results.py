@@ -41,6 +41,7 @@ class Readout:
     gold: float | None = None
     gap: float | None = None
     gold_spread: tuple[float, ...] = ()
+    interval: tuple[float, float] | None = None  # the unlearned value's sampling interval, where one is given
 
     @property
     def spread_max(self) -> float | None:
@@ -112,7 +113,9 @@ class Scorecard:
     def from_dict(cls, raw: Mapping[str, Any]) -> "Scorecard":
         if raw.get("schema_version") not in READABLE_SCHEMAS:
             raise ValueError(f"unsupported scorecard schema {raw.get('schema_version')!r}")
-        readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"])}) for r in raw["readouts"])
+        readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"]),
+                                    "interval": None if r.get("interval") is None else tuple(r["interval"])})
+                         for r in raw["readouts"])
         attacks = tuple(AttackReport(**a) for a in raw["attacks"])
         verdicts = tuple(Verdict(**{**v, "band": tuple(v["band"]), "interval": tuple(v["interval"]),
                                     "golds": tuple(v.get("golds", ()))}) for v in raw.get("verdicts", ()))
