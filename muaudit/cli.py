@@ -16,6 +16,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -36,8 +38,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
-#: Attacks of a scorecard unless --attacks says otherwise: the population attacks, which need no extra models.
-DEFAULT_ATTACKS = "loss,entropy-lr,entropy-svc"
 
 
 _EPILOGS = {
@@ -99,8 +99,6 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tune_options(p: argparse.ArgumentParser) -> None:
-    from muaudit.tune import DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
-
     p.add_argument("--proxies", type=int, default=DEFAULT_PROXIES, metavar="K",
                    help=f"proxy forget sets, disjoint from D_f (default {DEFAULT_PROXIES})")
     p.add_argument("--proxy-golds", type=int, default=DEFAULT_PROXY_GOLDS, metavar="G",
@@ -324,8 +322,6 @@ def _load_attacks(names: str, pairs: Sequence[str]) -> list[tuple[Any, dict[str,
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from muaudit.audit import add_golds, build_scorecard, run_method
-    from muaudit.tune import DEFAULT_BUDGET
-
     plugin, params = _load_method(args.method, args.method_arg)
     attacks = _load_attacks(args.attacks, args.attack_arg)
     budget = args.tune_budget if args.tune_budget is not None else DEFAULT_BUDGET
@@ -483,8 +479,6 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from muaudit.tune import DEFAULT_BUDGET
-
     plugin, params = _load_method(args.method, args.method_arg)
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
     _check_tune_options(args, budget)

@@ -24,7 +24,8 @@ from muaudit.presets import TaskProfile, profile_of
 from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import ModelSpec, Task, spec_key
 from muaudit.timing import PhaseTimer
-from muaudit.outputs import DEFAULT_RETAIN_SAMPLE, OutputStore, indices_digest, retain_sample
+from muaudit.defaults import DEFAULT_RETAIN_SAMPLE
+from muaudit.outputs import OutputStore, indices_digest, retain_sample
 from muaudit.training import derive_seed, fresh_model
 
 

@@ -31,8 +31,6 @@ from muaudit.training import derive_seed
 
 OUTPUTS_SCHEMA = 1
 INFERENCE_BATCH = 512
-#: Default size of the retain evaluation sample (``--retain-sample``); ``None`` evaluates all of D_r.
-DEFAULT_RETAIN_SAMPLE = 10_000
 
 
 @dataclass
