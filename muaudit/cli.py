@@ -292,6 +292,43 @@ def _report_signal(setup: Any, card: Any) -> None:
         print(f"muaudit: warning: {warning}", file=sys.stderr)
 
 
+def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
+    """Cheap checks before any heavy import: the plugin exists and every KEY=VALUE names one of its parameters
+    (from its cached declarations; types and ranges are checked when the plugin is loaded)."""
+    from muaudit.errors import ParameterError
+    from muaudit.plugins import declarations, resolve
+
+    spec = resolve(group, name)
+    known = {p["name"] for p in declarations(spec)["params"]}
+    for pair in pairs:
+        key, sep, _ = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"Expected key=value for a parameter of {spec.name}, got {pair!r}.")
+        if key.strip() not in known:
+            raise ParameterError(f"{spec.name} has no parameter {key.strip()!r} (known parameters: "
+                                 f"{', '.join(sorted(known)) or 'none'}).")
+
+
+def _check_audit_options(args: argparse.Namespace) -> None:
+    """The audit options' usage errors, before any heavy import."""
+    if getattr(args, "gold_seeds", 1) < 1:
+        raise _UsageError("--gold-seeds must be at least 1")
+    if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
+        raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
+    _retain_sample(args)
+
+
+def _precheck_attacks(names: str, pairs: Sequence[str]) -> None:
+    from muaudit.plugins import ATTACKS
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted or len(set(wanted)) != len(wanted):
+        raise _UsageError("--attacks needs distinct, comma-separated attack names")
+    per_attack = _split_prefixed(wanted, pairs, "--attack-arg ATTACK.KEY=VALUE", "--attacks")
+    for name in wanted:
+        _precheck(ATTACKS, name, per_attack[name])
+
+
 def _load_method(name: str, pairs: Sequence[str]) -> tuple[Any, dict[str, Any]]:
     from muaudit.params import parse_param_strings
     from muaudit.plugins import METHODS, load_by_name
@@ -321,13 +358,19 @@ def _load_attacks(names: str, pairs: Sequence[str]) -> list[tuple[Any, dict[str,
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from muaudit.audit import add_golds, build_scorecard, run_method
-    plugin, params = _load_method(args.method, args.method_arg)
-    attacks = _load_attacks(args.attacks, args.attack_arg)
+    from muaudit.plugins import METHODS
+
+    _precheck(METHODS, args.method, args.method_arg)
+    _precheck_attacks(args.attacks, args.attack_arg)
+    _check_audit_options(args)
     budget = args.tune_budget if args.tune_budget is not None else DEFAULT_BUDGET
     if args.tune_budget is not None and not args.tuned:
         raise _UsageError("--tune-budget needs --tuned")
     _check_tune_options(args, budget)
+    from muaudit.audit import add_golds, build_scorecard, run_method
+
+    plugin, params = _load_method(args.method, args.method_arg)
+    attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
     result = _tune(setup, plugin, params, budget, args) if args.tuned else None
     add_golds(setup, args.gold_seeds)
@@ -363,18 +406,24 @@ def _tune_or_skip(setup: Any, plugin: Any, params: dict[str, Any], args: argpars
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from muaudit.audit import add_golds, build_scorecard, run_method
-    from muaudit.results import comparison_table
+    from muaudit.plugins import METHODS
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise _UsageError("--methods needs distinct, comma-separated method names")
     pairs = _split_prefixed(names, args.method_arg, "--method-arg METHOD.KEY=VALUE", "--methods")
-    loaded = [_load_method(n, pairs[n]) for n in names]
-    attacks = _load_attacks(args.attacks, args.attack_arg)
+    for name in names:
+        _precheck(METHODS, name, pairs[name])
+    _precheck_attacks(args.attacks, args.attack_arg)
+    _check_audit_options(args)
     if args.tune < 0:
         raise _UsageError(f"--tune must be 0 (off) or a budget of at least 1, got {args.tune}")
     _check_tune_options(args, args.tune or None)
+    from muaudit.audit import add_golds, build_scorecard, run_method
+    from muaudit.results import comparison_table
+
+    loaded = [_load_method(n, pairs[n]) for n in names]
+    attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
     tuned = {p.spec.name: _tune_or_skip(setup, p, kw, args) for p, kw in loaded} if args.tune else {}
     add_golds(setup, args.gold_seeds)
@@ -395,7 +444,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from muaudit.errors import PluginError
-    from muaudit.plugins import ATTACKS, METHODS, LoadedPlugin, discover, load
+    from muaudit.plugins import ATTACKS, METHODS, declarations, discover
 
     broken = 0
     if args.what in (None, "tasks"):
@@ -406,18 +455,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for spec in discover(group):
             try:
-                cls = load(spec).cls
+                decl = declarations(spec)
             except PluginError as exc:
                 broken += 1
                 print(f"  {spec.name:<16} {spec.dist} {spec.version}  BROKEN: {exc}")
                 continue
-            needs = ", ".join(sorted(getattr(cls, "needs", ()))) or "forget set only"
+            needs = ", ".join(decl["needs"]) or "forget set only"
             extra = f"  [needs: {needs}]" if group == METHODS else ""
-            print(f"  {spec.name:<16} {spec.dist} {spec.version}  {cls.summary}{extra}")
+            print(f"  {spec.name:<16} {spec.dist} {spec.version}  {decl['summary']}{extra}")
             if group == METHODS and getattr(args, "verbose", False):
                 from muaudit.describe import describe_method
 
-                print("\n".join("      " + line for line in describe_method(LoadedPlugin(spec, cls)).splitlines()[3:]))
+                text = describe_method(spec.name, spec.dist, spec.version, decl)
+                print("\n".join("      " + line for line in text.splitlines()[3:]))
     return ExitCode.PLUGIN_ERROR if broken else ExitCode.OK
 
 
@@ -479,9 +529,12 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    plugin, params = _load_method(args.method, args.method_arg)
+    from muaudit.plugins import METHODS
+
+    _precheck(METHODS, args.method, args.method_arg)
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
     _check_tune_options(args, budget)
+    plugin, params = _load_method(args.method, args.method_arg)
     from muaudit.tune import search_space
 
     search_space(plugin.cls, params, plugin.spec.describe())  # nothing to search: fail before any training
@@ -494,18 +547,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     from muaudit.describe import describe_method
-    from muaudit.plugins import METHODS, load_by_name
+    from muaudit.plugins import METHODS, declarations, load, resolve
 
-    plugin = load_by_name(METHODS, args.method)
-    profile = None
-    if args.task is not None:
+    spec = resolve(METHODS, args.method)
+    decl = declarations(spec)
+    reason = None
+    if args.task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
         from muaudit.presets import profile_of
         from muaudit.task import resolve_task
 
         task = resolve_task(args.task, args.data_root)
         data = task.dataset.load()
-        profile = profile_of(task.materialise(data), data)
-    print(describe_method(plugin, profile))
+        reason = load(spec).cls.auto_preset(profile_of(task.materialise(data), data)).reason
+    print(describe_method(spec.name, spec.dist, spec.version, decl, reason))
     return ExitCode.OK
 
 

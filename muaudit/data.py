@@ -29,12 +29,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from muaudit.defaults import DATASETS
 from muaudit.errors import DataError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 VALIDATION_SEED = 20240101
 SUBSET_SEED = 20261203
-DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "cifar20", "npz")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
