@@ -268,7 +268,7 @@ def consistency_section(setup: AuditSetup, o: ModelOutputs, golds: list[ModelOut
         return int((logits.argmax(1) != labels).numpy()[mask].sum())
 
     checks = []
-    for split, what, mask in (("retain", "error on D_r", _untouched(setup, setup.retain)),
+    for split, what, mask in (("retain", "error on D_r", _untouched(setup, setup.retain_eval)),
                               ("test", "test error on the retained classes", _retained_test_mask(setup))):
         if mask.any():
             checks.append(consistency_check(f"{split}_error", what, wrong(o, split, mask), int(mask.sum()),
