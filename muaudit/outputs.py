@@ -7,10 +7,7 @@ outputs go with it) and, for the models an audit reuses (the original and the go
 cache, content-addressed by the task hash, the model's state hash and the evaluation sets; a stored entry whose
 configuration or tensor digest does not match is recomputed, never used (:class:`~muaudit.cache.TensorCache`).
 
-Inference runs under ``torch.inference_mode`` at :data:`INFERENCE_BATCH` examples per batch, with image models in
-``channels_last`` memory format on the CPU: measured on Fashion-MNIST's small CNN (one thread, 20,000 images),
-batch 1,024 in the default format took 14.5 s, batch 512 with ``inference_mode`` and ``channels_last`` 6.7 s
-(``reports/cost/``). :data:`PASSES` counts the passes (tests and ``reports/scripts/bench_audit.py`` read it).
+Inference is :func:`muaudit.training.predict_logits` (a batch size chosen by measurement). :data:`PASSES` counts the passes (tests and ``reports/scripts/bench_audit.py`` read it).
 """
 from __future__ import annotations
 
@@ -27,10 +24,9 @@ from muaudit.base import ModelOutputs
 from muaudit.cache import TensorCache
 from muaudit.checkpoint import state_dict_sha256
 from muaudit.data import Split
-from muaudit.training import derive_seed
+from muaudit.training import derive_seed, predict_logits
 
 OUTPUTS_SCHEMA = 1
-INFERENCE_BATCH = 512
 
 
 @dataclass
@@ -49,20 +45,6 @@ def retain_sample(retain: Split, size: int | None, seed: int) -> tuple[Split, np
         return retain, np.arange(len(retain))
     picked = np.sort(np.random.default_rng(derive_seed(seed, "retain-sample")).choice(len(retain), size, False))
     return retain.subset(picked), picked
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, split: Split, device: torch.device) -> torch.Tensor:
-    """Logits of ``model`` in eval mode on ``split`` (float32, on the CPU)."""
-    was_training = model.training
-    model.eval()
-    image = split.x.dim() == 4 and device.type == "cpu"
-    out = []
-    for x, _ in split.batches(INFERENCE_BATCH):
-        x = x.to(device)
-        out.append(model(x.contiguous(memory_format=torch.channels_last) if image else x).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 class OutputStore:
@@ -95,8 +77,9 @@ class OutputStore:
     def _compute(self, model: nn.Module, splits: tuple[Split, Split, Split]) -> ModelOutputs:
         PASSES.total += 1
         forget, retain, test = splits
-        return ModelOutputs(predict(model, forget, self.device), forget.y, predict(model, retain, self.device),
-                            retain.y, predict(model, test, self.device), test.y)
+        return ModelOutputs(predict_logits(model, forget, self.device), forget.y,
+                            predict_logits(model, retain, self.device), retain.y,
+                            predict_logits(model, test, self.device), test.y)
 
     @staticmethod
     def _config(model: nn.Module, identity: dict[str, Any]) -> dict[str, Any]:
