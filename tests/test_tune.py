@@ -15,7 +15,7 @@ from muaudit.errors import ParameterError, PluginValidationError, TaskError
 from muaudit.params import Param, Search
 from muaudit.plugins import METHODS, load_by_name
 from muaudit.shadows import ShadowBank
-from muaudit.task import NAMED_TASKS, DatasetSpec, ForgetSpec, Task
+from muaudit.task import NAMED_TASKS, ForgetSpec, Task
 
 CPU = torch.device("cpu")
 

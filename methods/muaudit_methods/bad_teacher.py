@@ -86,6 +86,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"lr": 1e-4, "epochs": 1, "temperature": 1.0},
     "digits": {"lr": 1e-3, "epochs": 10, "temperature": 1.0},
     "digits-class": {"lr": 1e-3, "epochs": 4, "temperature": 1.0},
+    "fmnist": {"lr": 1e-3, "epochs": 5, "temperature": 1.0},
+    "fmnist-class": {"lr": 1e-3, "epochs": 2, "temperature": 1.0},
 }
 
 

@@ -92,6 +92,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"epochs": 10, "lr": 1e-5, "bound": 0.1},
     "digits": {"epochs": 12, "lr": 1e-3, "bound": 0.05},
     "digits-class": {"epochs": 7, "lr": 1e-3, "bound": 0.283},
+    "fmnist": {"epochs": 5, "lr": 2e-5, "bound": 0.05},
+    "fmnist-class": {"epochs": 5, "lr": 1e-4, "bound": 0.1},
 }
 
 

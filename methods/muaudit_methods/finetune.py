@@ -20,6 +20,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"epochs": 5, "lr": 0.02},
     "digits": {"epochs": 14, "lr": 0.25},
     "digits-class": {"epochs": 20, "lr": 0.5},
+    "fmnist": {"epochs": 10, "lr": 0.1},
+    "fmnist-class": {"epochs": 10, "lr": 0.05},
 }
 
 

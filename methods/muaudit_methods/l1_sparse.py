@@ -62,6 +62,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"alpha": 1e-4, "epochs": 10, "lr": 0.01},
     "digits": {"alpha": 0.003, "epochs": 5, "lr": 0.1},
     "digits-class": {"alpha": 0.00262, "epochs": 7, "lr": 0.166},
+    "fmnist": {"alpha": 1e-3, "epochs": 5, "lr": 0.05},
+    "fmnist-class": {"alpha": 1e-3, "epochs": 5, "lr": 0.05},
 }
 
 

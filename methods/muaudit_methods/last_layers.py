@@ -122,11 +122,15 @@ EUK_PRESETS: dict[str, dict[str, object]] = {
     "paper": {"k": 3},
     "digits": {"k": 2, "epochs": 12},
     "digits-class": {"k": 2, "epochs": 12},
+    "fmnist": {"k": 2, "epochs": 10},
+    "fmnist-class": {"k": 2, "epochs": 10},
 }
 CFK_PRESETS: dict[str, dict[str, object]] = {
     "paper": {"k": 3, "epochs": 10, "lr": 0.01},
     "digits": {"k": 3, "epochs": 20, "lr": 0.5},
     "digits-class": {"k": 2, "epochs": 30, "lr": 0.3},
+    "fmnist": {"k": 3, "epochs": 10, "lr": 0.1},
+    "fmnist-class": {"k": 2, "epochs": 10, "lr": 0.1},
 }
 
 

@@ -191,10 +191,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Full-class forgetting on the small tasks: the class-wise code path (no partner balancing), as the paper's
 #: full-class scripts; the other values as for random subsets (see the module docstring).
 PRESETS["digits-class"] = {**PRESETS["digits"], "variant": "class-wise"}
+PRESETS["fmnist-5ep-class"] = {**PRESETS["fmnist-5ep"], "variant": "class-wise"}
 #: Random subsets of digits: calibrated (reports/protocol/calibration/digits): a stronger forget share (delta
 #: -0.25) and 13 epochs at lr 5e-3 move the forget error (0 -> 2.4 against gold 4.8) with test error unchanged.
 PRESETS["digits"] = {**PRESETS["digits"], "lr": 5e-3, "delta": -0.25, "epochs": 13}
-PRESETS["fmnist-5ep-class"] = {**PRESETS["fmnist-5ep"], "variant": "class-wise"}
+#: The memorising Fashion-MNIST tasks (10,000 images, 25 epochs): the digits values in 5 epochs (random subset:
+#: forget error 0.2 -> 7.6 against gold 10.4, test error 11.8 against 11.7); full class: the class-wise values of
+#: the earlier 5-epoch tasks (forget error 99.0 against 100, test error 18.1 against 18.2).
+PRESETS["fmnist"] = {**PRESETS["digits"], "epochs": 5}
+PRESETS["fmnist-class"] = dict(PRESETS["fmnist-5ep-class"])
 
 
 # ------------------------------------------------------------------------------------------------ masks

@@ -20,6 +20,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"epochs": 5, "lr": 1e-4},
     "digits": {"epochs": 13, "lr": 0.02},
     "digits-class": {"epochs": 5, "lr": 0.05},
+    "fmnist": {"epochs": 3, "lr": 3e-3},
+    "fmnist-class": {"epochs": 3, "lr": 1e-3},
 }
 
 

@@ -63,6 +63,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"beta": 0.95, "epochs": 10, "lr": 0.01},
     "digits": {"beta": 0.85, "epochs": 10, "lr": 0.1},
     "digits-class": {"beta": 0.85, "epochs": 5, "lr": 0.03},
+    "fmnist": {"beta": 0.85, "epochs": 3, "lr": 0.1},
+    "fmnist-class": {"beta": 0.95, "epochs": 3, "lr": 1e-3},
 }
 
 

@@ -208,6 +208,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {},
     "digits": {"lr": 1e-3, "epochs": 5},
     "digits-class": {"lr": 1.71e-3, "epochs": 18},
+    "fmnist": {"lr": 1e-3, "epochs": 2},
+    "fmnist-class": {"lr": 3e-4, "epochs": 3},
 }
 
 

@@ -119,6 +119,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"mask_ratio": 0.5},
     "digits": {"mask_ratio": 0.5, "lr": 0.01, "epochs": 10},
     "digits-class": {"mask_ratio": 0.67, "lr": 0.0167, "epochs": 8},
+    "fmnist-class": {"mask_ratio": 0.5, "lr": 3e-3, "epochs": 3},
 }
 
 

@@ -89,6 +89,7 @@ PRESETS["paper"] = PRESETS["large-scale"]
 #: digits / digits-class: the large-scale row with lr, epochs and max steps calibrated on the named digits tasks.
 PRESETS["digits"] = replace(PRESETS["large-scale"], lr=0.04, epochs=8, msteps=5)
 PRESETS["digits-class"] = replace(PRESETS["large-scale"], lr=0.03, epochs=8, msteps=3)
+PRESETS["fmnist-class"] = replace(PRESETS["large-scale"], lr=1e-3, epochs=5, msteps=3)
 
 
 def as_params(settings: ScrubSettings) -> dict[str, object]:

@@ -84,6 +84,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"lambda": 1.0, "alpha": 10.0},
     "digits": {"lambda": 3.0, "alpha": 8.0},
     "digits-class": {"lambda": 1.0, "alpha": 30.0},
+    "fmnist": {"lambda": 0.5, "alpha": 2.0},
+    "fmnist-class": {"lambda": 1.0, "alpha": 60.0},
 }
 
 

@@ -111,6 +111,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": {"lam": 3.0, "lr": 1e-4, "epsilon": 0.05},
     "digits": {"delta": 0.95, "lam": 1.0, "lr": 3e-5, "epsilon": 0.05},
     "digits-class": {"delta": 0.0, "lam": 3.0, "lr": 1.27e-4, "epsilon": 0.0429},
+    "fmnist-class": {"delta": 0.0, "lam": 3.0, "lr": 1e-4, "epsilon": 0.05},
 }
 
 

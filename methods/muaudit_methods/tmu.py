@@ -145,7 +145,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -187,6 +187,11 @@ PRESETS: dict[str, PresetValues] = {
     "fmnist-5ep": PresetValues(twin_epochs=2, twin_lr=1e-4, curriculum_epochs=2, curriculum_lr=1e-3,
                            noise_std=0.1, epochs=1, lr=1e-2),
 }
+
+#: The memorising Fashion-MNIST tasks: the 5-epoch tasks' values, with stronger input noise on random subsets
+#: (sigma 0.6: forget error 0.2 -> 4.7 against gold 10.4, test error 12.7 against 11.7; sigma 0.1 moves it to 1.35).
+PRESETS["fmnist"] = replace(PRESETS["fmnist-5ep"], noise_std=0.6)
+PRESETS["fmnist-class"] = PRESETS["fmnist-5ep"]
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {"df+af+cf": ("df", "af", "cf"), "df+cf": ("df", "cf")}
 
