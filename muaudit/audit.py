@@ -17,6 +17,7 @@ from muaudit.plugins import LoadedPlugin
 from muaudit.results import Scorecard
 from muaudit.runs import MethodRun, ShadowUnlearner, method_context, run_method
 from muaudit.scoring import assemble_scorecard, challenge_evaluation, signal_section, streisand_verdicts
+from muaudit.timing import PhaseTimer
 
 __all__ = ["AttackResults", "AttackRun", "AuditSetup", "MethodRun", "ShadowUnlearner", "TrainedModel",
            "add_golds", "attack_context", "build_scorecard", "challenge_evaluation", "checkpoint_metadata", "gold_seeds",
@@ -38,5 +39,12 @@ def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Seq
     if not specs:
         raise TaskError("at least one membership attack is needed for the scorecard")
     pairs = [(a, {}) if isinstance(a, LoadedPlugin) else a for a in specs]
-    results = [run_attack(setup, plugin, run, params) for plugin, params in pairs]
-    return assemble_scorecard(setup, run, results, challenge_models)
+    timer = PhaseTimer()
+    with timer("inference"):  # one pass per model, before anything reads the outputs
+        for model in (run.model, setup.original, *(g.model for g in setup.golds)):
+            setup.outputs(model)
+    results = []
+    for plugin, params in pairs:
+        with timer(f"attack:{plugin.spec.name}"):
+            results.append(run_attack(setup, plugin, run, params))
+    return assemble_scorecard(setup, run, results, challenge_models, timer)

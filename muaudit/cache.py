@@ -20,16 +20,9 @@ from typing import Any, Mapping
 import torch
 
 from muaudit.checkpoint import state_dict_sha256
+from muaudit.defaults import default_cache_dir
 
 CACHE_SCHEMA = 1
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("MUAUDIT_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "muaudit"
 
 
 class TensorCache:

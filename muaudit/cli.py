@@ -16,6 +16,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -36,8 +38,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
-#: Attacks of a scorecard unless --attacks says otherwise: the population attacks, which need no extra models.
-DEFAULT_ATTACKS = "loss,entropy-lr,entropy-svc"
 
 
 _EPILOGS = {
@@ -93,11 +93,12 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                         "(plus N more gold models for its noise floor); 0 = off (default); the challenge used 512")
     p.add_argument("--out", help="directory to write the JSON and Markdown results into")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--retain-sample", default="10000", metavar="N|all",
+                   help="retain-set readouts and attack fits on a fixed, seeded sample of N examples of D_r "
+                        "(default 10000; 'all' = all of D_r); methods always get all of D_r")
 
 
 def _add_tune_options(p: argparse.ArgumentParser) -> None:
-    from muaudit.tune import DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
-
     p.add_argument("--proxies", type=int, default=DEFAULT_PROXIES, metavar="K",
                    help=f"proxy forget sets, disjoint from D_f (default {DEFAULT_PROXIES})")
     p.add_argument("--proxy-golds", type=int, default=DEFAULT_PROXY_GOLDS, metavar="G",
@@ -236,7 +237,20 @@ def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
     return prepare(_task(args), args.model, args.arch, args.data_root, gold_seeds if golds else 0, cache, device,
-                   progress=not args.quiet)
+                   progress=not args.quiet, retain_sample_size=_retain_sample(args))
+
+
+def _retain_sample(args: argparse.Namespace) -> int | None:
+    text = str(getattr(args, "retain_sample", "all")).strip().lower()
+    if text == "all":
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        raise _UsageError(f"--retain-sample must be a positive integer or 'all', got {text!r}") from None
+    if size < 1:
+        raise _UsageError(f"--retain-sample must be a positive integer or 'all', got {size}")
+    return size
 
 
 def _check_tune_options(args: argparse.Namespace, budget: int | None) -> None:
@@ -278,6 +292,43 @@ def _report_signal(setup: Any, card: Any) -> None:
         print(f"muaudit: warning: {warning}", file=sys.stderr)
 
 
+def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
+    """Cheap checks before any heavy import: the plugin exists and every KEY=VALUE names one of its parameters
+    (from its cached declarations; types and ranges are checked when the plugin is loaded)."""
+    from muaudit.errors import ParameterError
+    from muaudit.plugins import declarations, resolve
+
+    spec = resolve(group, name)
+    known = {p["name"] for p in declarations(spec)["params"]}
+    for pair in pairs:
+        key, sep, _ = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"Expected key=value for a parameter of {spec.name}, got {pair!r}.")
+        if key.strip() not in known:
+            raise ParameterError(f"{spec.name} has no parameter {key.strip()!r} (known parameters: "
+                                 f"{', '.join(sorted(known)) or 'none'}).")
+
+
+def _check_audit_options(args: argparse.Namespace) -> None:
+    """The audit options' usage errors, before any heavy import."""
+    if getattr(args, "gold_seeds", 1) < 1:
+        raise _UsageError("--gold-seeds must be at least 1")
+    if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
+        raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
+    _retain_sample(args)
+
+
+def _precheck_attacks(names: str, pairs: Sequence[str]) -> None:
+    from muaudit.plugins import ATTACKS
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted or len(set(wanted)) != len(wanted):
+        raise _UsageError("--attacks needs distinct, comma-separated attack names")
+    per_attack = _split_prefixed(wanted, pairs, "--attack-arg ATTACK.KEY=VALUE", "--attacks")
+    for name in wanted:
+        _precheck(ATTACKS, name, per_attack[name])
+
+
 def _load_method(name: str, pairs: Sequence[str]) -> tuple[Any, dict[str, Any]]:
     from muaudit.params import parse_param_strings
     from muaudit.plugins import METHODS, load_by_name
@@ -307,15 +358,19 @@ def _load_attacks(names: str, pairs: Sequence[str]) -> list[tuple[Any, dict[str,
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from muaudit.audit import add_golds, build_scorecard, run_method
-    from muaudit.tune import DEFAULT_BUDGET
+    from muaudit.plugins import METHODS
 
-    plugin, params = _load_method(args.method, args.method_arg)
-    attacks = _load_attacks(args.attacks, args.attack_arg)
+    _precheck(METHODS, args.method, args.method_arg)
+    _precheck_attacks(args.attacks, args.attack_arg)
+    _check_audit_options(args)
     budget = args.tune_budget if args.tune_budget is not None else DEFAULT_BUDGET
     if args.tune_budget is not None and not args.tuned:
         raise _UsageError("--tune-budget needs --tuned")
     _check_tune_options(args, budget)
+    from muaudit.audit import add_golds, build_scorecard, run_method
+
+    plugin, params = _load_method(args.method, args.method_arg)
+    attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
     result = _tune(setup, plugin, params, budget, args) if args.tuned else None
     add_golds(setup, args.gold_seeds)
@@ -351,18 +406,24 @@ def _tune_or_skip(setup: Any, plugin: Any, params: dict[str, Any], args: argpars
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from muaudit.audit import add_golds, build_scorecard, run_method
-    from muaudit.results import comparison_table
+    from muaudit.plugins import METHODS
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise _UsageError("--methods needs distinct, comma-separated method names")
     pairs = _split_prefixed(names, args.method_arg, "--method-arg METHOD.KEY=VALUE", "--methods")
-    loaded = [_load_method(n, pairs[n]) for n in names]
-    attacks = _load_attacks(args.attacks, args.attack_arg)
+    for name in names:
+        _precheck(METHODS, name, pairs[name])
+    _precheck_attacks(args.attacks, args.attack_arg)
+    _check_audit_options(args)
     if args.tune < 0:
         raise _UsageError(f"--tune must be 0 (off) or a budget of at least 1, got {args.tune}")
     _check_tune_options(args, args.tune or None)
+    from muaudit.audit import add_golds, build_scorecard, run_method
+    from muaudit.results import comparison_table
+
+    loaded = [_load_method(n, pairs[n]) for n in names]
+    attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
     tuned = {p.spec.name: _tune_or_skip(setup, p, kw, args) for p, kw in loaded} if args.tune else {}
     add_golds(setup, args.gold_seeds)
@@ -383,7 +444,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from muaudit.errors import PluginError
-    from muaudit.plugins import ATTACKS, METHODS, LoadedPlugin, discover, load
+    from muaudit.plugins import ATTACKS, METHODS, declarations, discover
 
     broken = 0
     if args.what in (None, "tasks"):
@@ -394,18 +455,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for spec in discover(group):
             try:
-                cls = load(spec).cls
+                decl = declarations(spec)
             except PluginError as exc:
                 broken += 1
                 print(f"  {spec.name:<16} {spec.dist} {spec.version}  BROKEN: {exc}")
                 continue
-            needs = ", ".join(sorted(getattr(cls, "needs", ()))) or "forget set only"
+            needs = ", ".join(decl["needs"]) or "forget set only"
             extra = f"  [needs: {needs}]" if group == METHODS else ""
-            print(f"  {spec.name:<16} {spec.dist} {spec.version}  {cls.summary}{extra}")
+            print(f"  {spec.name:<16} {spec.dist} {spec.version}  {decl['summary']}{extra}")
             if group == METHODS and getattr(args, "verbose", False):
                 from muaudit.describe import describe_method
 
-                print("\n".join("      " + line for line in describe_method(LoadedPlugin(spec, cls)).splitlines()[3:]))
+                text = describe_method(spec.name, spec.dist, spec.version, decl)
+                print("\n".join("      " + line for line in text.splitlines()[3:]))
     return ExitCode.PLUGIN_ERROR if broken else ExitCode.OK
 
 
@@ -467,11 +529,12 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from muaudit.tune import DEFAULT_BUDGET
+    from muaudit.plugins import METHODS
 
-    plugin, params = _load_method(args.method, args.method_arg)
+    _precheck(METHODS, args.method, args.method_arg)
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
     _check_tune_options(args, budget)
+    plugin, params = _load_method(args.method, args.method_arg)
     from muaudit.tune import search_space
 
     search_space(plugin.cls, params, plugin.spec.describe())  # nothing to search: fail before any training
@@ -484,18 +547,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     from muaudit.describe import describe_method
-    from muaudit.plugins import METHODS, load_by_name
+    from muaudit.plugins import METHODS, declarations, load, resolve
 
-    plugin = load_by_name(METHODS, args.method)
-    profile = None
-    if args.task is not None:
+    spec = resolve(METHODS, args.method)
+    decl = declarations(spec)
+    reason = None
+    if args.task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
         from muaudit.presets import profile_of
         from muaudit.task import resolve_task
 
         task = resolve_task(args.task, args.data_root)
         data = task.dataset.load()
-        profile = profile_of(task.materialise(data), data)
-    print(describe_method(plugin, profile))
+        reason = load(spec).cls.auto_preset(profile_of(task.materialise(data), data)).reason
+    print(describe_method(spec.name, spec.dist, spec.version, decl, reason))
     return ExitCode.OK
 
 

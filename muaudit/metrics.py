@@ -58,6 +58,28 @@ def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float
     return float(tprs[fprs <= fpr].max())
 
 
+def tpr_at_fpr_rows(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> np.ndarray:
+    """:func:`tpr_at_fpr` for every row of 2-D ``members``/``nonmembers`` at once (bootstrap resamples).
+
+    Predicting "member" for scores >= t, the FPR stays at most ``fpr`` while at most k non-members reach t, with k
+    the largest count whose rate ``k / N`` is at most ``fpr`` in floating point (as ``roc_curve``'s rates are
+    compared); TPR falls as t rises, so the best t is the lowest score above the (k+1)-th largest non-member, and
+    the TPR there is the fraction of members strictly above it (all of them when k = N). Checked against the
+    ``roc_curve`` implementation in ``tests/test_metrics.py``.
+    """
+    members, nonmembers = np.atleast_2d(members), np.atleast_2d(nonmembers)
+    n = nonmembers.shape[1]
+    k = int(math.floor(fpr * n))
+    while k + 1 <= n and (k + 1) / n <= fpr:
+        k += 1
+    while k > 0 and k / n > fpr:
+        k -= 1
+    if k >= n:
+        return np.ones(len(members))
+    cut = -np.partition(-nonmembers, k, axis=1)[:, k]  # the (k+1)-th largest non-member score per row
+    return (members > cut[:, None]).mean(axis=1)
+
+
 def best_balanced_threshold(members: np.ndarray, nonmembers: np.ndarray) -> float:
     """The ROC threshold that maximises balanced accuracy (TPR + TNR) / 2 (the highest one among ties).
 
@@ -173,9 +195,8 @@ def confidence_intervals(members: np.ndarray, nonmembers: np.ndarray, threshold:
         return ((m >= threshold).mean(axis=axis) + (n < threshold).mean(axis=axis)) / 2.0
 
     def tpr1(m: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
-        if m.ndim == 1:
-            return np.asarray(tpr_at_fpr(m, n, LOW_FPRS[0]))
-        return np.array([tpr_at_fpr(a, b, LOW_FPRS[0]) for a, b in zip(m, n)])
+        values = tpr_at_fpr_rows(m, n, LOW_FPRS[0])
+        return values[0] if m.ndim == 1 else values
 
     rate = proportion_interval(int(np.sum(members >= threshold)), len(members), level)
     has_tpr = len(nonmembers) >= math.ceil(1.0 / LOW_FPRS[0])

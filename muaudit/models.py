@@ -23,7 +23,10 @@ from muaudit.errors import CheckpointError, TaskError
 from muaudit.presets import TaskProfile, profile_of
 from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import ModelSpec, Task, spec_key
-from muaudit.training import derive_seed, fresh_model, predict_logits
+from muaudit.timing import PhaseTimer
+from muaudit.defaults import DEFAULT_RETAIN_SAMPLE
+from muaudit.outputs import OutputStore, indices_digest, retain_sample
+from muaudit.training import derive_seed, fresh_model
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ class AuditSetup:
     device: torch.device
     cache: TensorCache
     progress: bool = False
-    _outputs: dict[int, ModelOutputs] = field(default_factory=dict, repr=False)
+    retain_sample_size: int | None = DEFAULT_RETAIN_SAMPLE
+    phases: PhaseTimer = field(default_factory=PhaseTimer, repr=False)
+    _outputs: OutputStore | None = field(default=None, repr=False)
     _attack_memo: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
     _attack_instances: dict[tuple[str, str], MembershipAttack] = field(default_factory=dict, repr=False)
     _bank: Any = field(default=None, repr=False)
@@ -73,20 +78,32 @@ class AuditSetup:
         mask[list(self.task.forget_indices or ())] = False
         return self.train.subset(np.flatnonzero(mask))
 
+    @cached_property
+    def _retain_eval(self) -> tuple[Split, np.ndarray]:
+        return retain_sample(self.retain, self.retain_sample_size, self.task.seed)
+
+    @property
+    def retain_eval(self) -> Split:
+        """The retain evaluation set of readouts and attacks: a fixed, seeded sample of D_r (all of D_r when it is
+        smaller than ``retain_sample_size`` or that is ``None``); methods always get all of D_r."""
+        return self._retain_eval[0]
+
+    @property
+    def retain_sampled(self) -> bool:
+        return len(self.retain_eval) < len(self.retain)
+
     def outputs(self, model: nn.Module) -> ModelOutputs:
-        """Logits of ``model`` on D_f, D_r and the test split (memoised for the original and gold models)."""
-        key = id(model)
-        if key not in self._outputs:
-            forget, retain, test = self.forget, self.retain, self.data.test
-            result = ModelOutputs(
-                predict_logits(model, forget, self.device), forget.y,
-                predict_logits(model, retain, self.device), retain.y,
-                predict_logits(model, test, self.device), test.y,
-            )
-            if model is not self.original and all(model is not g.model for g in self.golds):
-                return result
-            self._outputs[key] = result
-        return self._outputs[key]
+        """Logits of ``model`` on D_f, the retain evaluation set and the test split: one inference pass per model
+        per audit, and none for an original or gold model whose outputs the cache already holds."""
+        if self._outputs is None:
+            self._outputs = OutputStore(self.cache, self.device)
+        splits = (self.forget, self.retain_eval, self.data.test)
+        reused = model is self.original or any(model is g.model for g in self.golds)
+        return self._outputs.get(model, splits, self._outputs_identity() if reused else None)
+
+    def _outputs_identity(self) -> dict[str, Any]:
+        return {"task_hash": self.task.content_hash(), "retain_eval": indices_digest(self._retain_eval[1]),
+                "retain_eval_count": len(self.retain_eval)}
 
 
 # ---------------------------------------------------------------------------------- model sources
@@ -154,17 +171,18 @@ def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | No
 
 def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None = None,
             data_root: str | None = None, gold_count: int = 2, cache: TensorCache | None = None,
-            device: torch.device | None = None, progress: bool = False) -> AuditSetup:
+            device: torch.device | None = None, progress: bool = False,
+            retain_sample_size: int | None = DEFAULT_RETAIN_SAMPLE) -> AuditSetup:
     """Load data, the original model and the gold models.
 
     The original comes from ``checkpoint`` (whose metadata names its task; a bare state dict needs ``task``) or,
     without one, is trained (and cached) from ``task``, which defaults to the named ``digits`` task.
     ``gold_count=0`` prepares everything but the gold models (``muaudit tune`` must never see them).
+    ``retain_sample_size`` bounds the retain evaluation set of readouts and attacks (``None``: all of D_r).
     """
     from muaudit.task import NAMED_TASKS
 
-    cache = cache or TensorCache()
-    device = device or torch.device("cpu")
+    cache, device, timer = cache or TensorCache(), device or torch.device("cpu"), PhaseTimer()
     ckpt = load_checkpoint(checkpoint) if checkpoint else None
     source: dict[str, Any] = {"kind": "trained"}
     if ckpt is not None:
@@ -172,25 +190,28 @@ def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None =
     task = task or NAMED_TASKS["digits"]
     if data_root is not None:
         task = replace(task, dataset=replace(task.dataset, root=data_root))
-    data = task.dataset.load()
-    task = task.materialise(data)
+    with timer("data_load"):
+        data = task.dataset.load()
+        task = task.materialise(data)
     bank = ShadowBank(task, data, cache, device, progress=progress)
-    if ckpt is not None:
-        original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path).to(device).eval()
-    else:
-        trained = train_original(bank)
-        original = trained.model
-        source["train_seconds"] = trained.train_seconds
+    with timer("original"):
+        if ckpt is not None:
+            original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path).to(device).eval()
+        else:
+            trained = train_original(bank)
+            original = trained.model
+            source["train_seconds"] = trained.train_seconds
     source["state_sha256"] = state_dict_sha256(original.state_dict())
-    setup = AuditSetup(task, data, original, source, [], device, cache, progress, _bank=bank)
-    setup.golds = train_golds(bank, gold_count) if gold_count else []
-    return setup
+    setup = AuditSetup(task, data, original, source, [], device, cache, progress, retain_sample_size,
+                       phases=timer, _bank=bank)
+    return add_golds(setup, gold_count) if gold_count else setup
 
 
 def add_golds(setup: AuditSetup, count: int) -> AuditSetup:
     """Train (or load) the gold models of a set-up prepared without them (``prepare(..., gold_count=0)``), e.g.
     after ``muaudit tune``, which must run before the audited forget set's gold models exist."""
-    setup.golds = train_golds(shadow_bank(setup), count)
+    with setup.phases("golds"):
+        setup.golds = train_golds(shadow_bank(setup), count)
     return setup
 
 

@@ -15,6 +15,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from muaudit.errors import (
@@ -136,3 +137,83 @@ def validate_plugin(spec: PluginSpec, obj: Any) -> None:
         obj()
     except Exception as exc:
         raise PluginValidationError(f"{where} cannot be built with its default parameters: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ declarations
+DECLARATIONS_SCHEMA = 1
+
+
+def declarations(spec: PluginSpec, cache_dir: str | None = None) -> dict[str, Any]:
+    """A plugin's declarations (summary, paper, needs, parameters, presets) as plain JSON values.
+
+    ``muaudit list`` and ``muaudit describe`` need only these, and importing a plugin imports torch (seconds),
+    so they are cached under the model cache (``plugins/``), keyed by the plugin's distribution, version and entry
+    point and by the size and modification time of every ``.py`` file of the plugin's top-level package and of
+    the core modules declarations depend on; anything else is a miss and the plugin is loaded (and validated).
+    """
+    import hashlib
+    import json
+
+    from muaudit.defaults import default_cache_dir
+
+    key = hashlib.sha256(json.dumps(_declaration_key(spec), sort_keys=True).encode()).hexdigest()
+    path = (Path(cache_dir) if cache_dir else default_cache_dir()) / "plugins" / f"{key}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("schema") == DECLARATIONS_SCHEMA and stored.get("key") == key:
+            return stored["declarations"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    found = declarations_of(load(spec).cls)
+    _write_json(path, {"schema": DECLARATIONS_SCHEMA, "key": key, "declarations": found})
+    return found
+
+
+def declarations_of(cls: type) -> dict[str, Any]:
+    """The JSON form of a plugin class's declarations."""
+    from muaudit.serial import json_safe
+
+    def value(v: Any) -> Any:
+        return v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
+
+    params = [{"name": p.name, "type": p.type.__name__, "default": value(p.default), "help": p.help,
+               "constraint": None if p.constraint is None else str(p.constraint), "nullable": p.nullable,
+               "search": None if p.search is None else str(p.search)} for p in getattr(cls, "params", ())]
+    presets = {name: {k: value(v) for k, v in values.items()}
+               for name, values in dict(getattr(cls, "presets", {}) or {}).items()}
+    return json_safe({"summary": cls.summary, "paper": cls.paper, "needs": sorted(getattr(cls, "needs", ())),
+                      "params": params, "presets": presets})
+
+
+def _declaration_key(spec: PluginSpec) -> dict[str, Any]:
+    import importlib.util
+
+    from muaudit import __version__
+
+    module = spec.entry_point.value.partition(":")[0]
+    files: list[Path] = [Path(__file__).with_name(n) for n in ("base.py", "params.py", "presets.py")]
+    try:
+        origin = importlib.util.find_spec(module.partition(".")[0])
+    except (ImportError, ValueError):
+        origin = None
+    if origin is not None and origin.origin:
+        top = Path(origin.origin)
+        files += sorted(top.parent.glob("*.py")) if top.name == "__init__.py" else [top]
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return {"muaudit": __version__, "dist": spec.dist, "version": spec.version, "entry_point": spec.entry_point.value,
+            "group": spec.group, "files": stats}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Best effort (a read-only cache only costs speed): write atomically, ignore failures."""
+    import json
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass

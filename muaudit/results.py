@@ -41,6 +41,7 @@ class Readout:
     gold: float | None = None
     gap: float | None = None
     gold_spread: tuple[float, ...] = ()
+    interval: tuple[float, float] | None = None  # the unlearned value's sampling interval, where one is given
 
     @property
     def spread_max(self) -> float | None:
@@ -112,7 +113,9 @@ class Scorecard:
     def from_dict(cls, raw: Mapping[str, Any]) -> "Scorecard":
         if raw.get("schema_version") not in READABLE_SCHEMAS:
             raise ValueError(f"unsupported scorecard schema {raw.get('schema_version')!r}")
-        readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"])}) for r in raw["readouts"])
+        readouts = tuple(Readout(**{**r, "gold_spread": tuple(r["gold_spread"]),
+                                    "interval": None if r.get("interval") is None else tuple(r["interval"])})
+                         for r in raw["readouts"])
         attacks = tuple(AttackReport(**a) for a in raw["attacks"])
         verdicts = tuple(Verdict(**{**v, "band": tuple(v["band"]), "interval": tuple(v["interval"]),
                                     "golds": tuple(v.get("golds", ()))}) for v in raw.get("verdicts", ()))
@@ -189,8 +192,12 @@ class Scorecard:
 
     def _timing_line(self) -> str:
         t = self.timings
-        return (f"time: method {t['method_seconds']:.3f} s, gold retrain {t['gold_seconds']:.3f} s "
+        line = (f"time: method {t['method_seconds']:.3f} s, gold retrain {t['gold_seconds']:.3f} s "
                 f"(speed-up {t['speedup_vs_gold']:.1f}x)")
+        phases = t.get("phases") or {}
+        if phases:
+            line += "; phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items() if v >= 0.005)
+        return line
 
 
 def _fmt(value: float | None) -> str:
@@ -217,6 +224,10 @@ def comparison_table(cards: Sequence[Scorecard]) -> str:
     ratios = [f"{c.timings['method_seconds'] / c.timings['gold_seconds']:.4f}" for c in cards]
     lines.append("| method_seconds | " + " | ".join(times) + f" | {cards[0].timings['gold_seconds']:.3f} | - |")
     lines.append("| time ÷ gold retrain | " + " | ".join(ratios) + " | 1 | - |")
+    phases = [p for p in dict.fromkeys(k for c in cards for k in c.timings.get("phases", {})) if p != "method"]
+    for phase in phases:  # seconds per phase; data_load, original and golds are the shared set-up's, in every column
+        cells = [f"{c.timings.get('phases', {}).get(phase, 0.0):.3f}" for c in cards]
+        lines.append(f"| time: {phase} (s) | " + " | ".join(cells) + " | - | - |")
     if all(c.verdicts for c in cards):
         lines.append("| **Streisand summary** | " + " | ".join(str(c.verdict_summary) for c in cards) + " | - | - |")
         for i, first in enumerate(cards[0].verdicts):

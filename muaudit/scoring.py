@@ -7,6 +7,7 @@ can show forgetting at all (:mod:`muaudit.signal`), and :func:`streisand_verdict
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -19,7 +20,7 @@ from muaudit import verdicts as V
 from muaudit.attacking import AttackResults, AttackRun
 from muaudit.base import ModelOutputs
 from muaudit.checkpoint import state_dict_sha256
-from muaudit.metrics import AttackMetrics
+from muaudit.metrics import AttackMetrics, proportion_interval
 from muaudit.models import AuditSetup, shadow_bank, versions
 from muaudit.plugins import LoadedPlugin
 from muaudit.results import AttackReport, Readout, Scorecard
@@ -28,6 +29,7 @@ from muaudit.shadows import ModelRequest
 from muaudit.signal import ConsistencyCheck, Signal, apply_signal, consistency_check, signal_check
 from muaudit.task import Task
 from muaudit.training import derive_seed
+from muaudit.timing import PhaseTimer
 from muaudit.zoo import last_linear_prefix
 
 
@@ -49,15 +51,25 @@ def _distance_readout(name: str, unit: str, desc: str, unlearned: float, origina
     return Readout(name, "distance", unit, False, desc, unlearned, original, None, None, tuple(spread))
 
 
-def _accuracy_readouts(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs]) -> list[Readout]:
+def _accuracy_readouts(setup: AuditSetup, u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs]
+                       ) -> list[Readout]:
+    """Test, forget and retain error; the retain error is on the retain evaluation set, and when that is a sample
+    of D_r its Clopper-Pearson interval is given (the sampling error of the sample, not a property of the model)."""
+    retain_label = (f"a seeded sample of {len(setup.retain_eval)} of the {len(setup.retain)} examples of D_r"
+                    if setup.retain_sampled else "D_r")
     out = []
-    for split, label in (("test", "the test split"), ("forget", "D_f"), ("retain", "D_r")):
+    for split, label in (("test", "the test split"), ("forget", "D_f"), ("retain", retain_label)):
         def err(m: ModelOutputs, s: str = split) -> float:
             return R.error_percent(getattr(m, f"{s}_logits"), getattr(m, f"{s}_labels"))
 
-        out.append(_model_readout(f"{split}_error", _PCT, None if split == "forget" else False,
-                                  f"100 - accuracy on {label} (PGU paper Tables 1-3)",
-                                  [err(g) for g in golds], err(u), err(o)))
+        readout = _model_readout(f"{split}_error", _PCT, None if split == "forget" else False,
+                                 f"100 - accuracy on {label} (PGU paper Tables 1-3)", [err(g) for g in golds],
+                                 err(u), err(o))
+        if split == "retain" and setup.retain_sampled:
+            wrong = int((u.retain_logits.argmax(1) != u.retain_labels).sum())
+            low, high = proportion_interval(wrong, len(u.retain_labels))
+            readout = replace(readout, interval=(100 * low, 100 * high))
+        out.append(readout)
     return out
 
 
@@ -256,7 +268,7 @@ def consistency_section(setup: AuditSetup, o: ModelOutputs, golds: list[ModelOut
         return int((logits.argmax(1) != labels).numpy()[mask].sum())
 
     checks = []
-    for split, what, mask in (("retain", "error on D_r", _untouched(setup, setup.retain)),
+    for split, what, mask in (("retain", "error on D_r", _untouched(setup, setup.retain_eval)),
                               ("test", "test error on the retained classes", _retained_test_mask(setup))):
         if mask.any():
             checks.append(consistency_check(f"{split}_error", what, wrong(o, split, mask), int(mask.sum()),
@@ -287,34 +299,52 @@ def _retained_test_mask(setup: AuditSetup) -> np.ndarray:
 
 
 def assemble_scorecard(setup: AuditSetup, run: MethodRun, results: Sequence[AttackResults],
-                       challenge_models: int = 0) -> Scorecard:
-    """Every readout of ``run`` beside the original and gold models, the signal section and the verdicts."""
-    u, o = setup.outputs(run.model), setup.outputs(setup.original)
-    golds = [setup.outputs(g.model) for g in setup.golds]
-    readouts = model_readouts(setup, run, u, o, golds, results)
+                       challenge_models: int = 0, timer: PhaseTimer | None = None) -> Scorecard:
+    """Every readout of ``run`` beside the original and gold models, the signal section and the verdicts.
+
+    ``timer`` holds this audit's phases so far (the attacks'); the readout families, the signal and verdicts and
+    any inference still missing are added to it, and the scorecard records them with the set-up's shared phases.
+    """
+    timer = timer or PhaseTimer()
+    with timer("inference"):
+        u, o = setup.outputs(run.model), setup.outputs(setup.original)
+        golds = [setup.outputs(g.model) for g in setup.golds]
+    readouts = model_readouts(setup, run, u, o, golds, results, timer)
     challenge = None
     if challenge_models:
-        extra, challenge = challenge_evaluation(setup, run, challenge_models)
+        with timer("readouts:challenge"):
+            extra, challenge = challenge_evaluation(setup, run, challenge_models)
         readouts += extra
-    signal = signal_section(setup, o, golds, results)
-    verdicts, verdict_summary = apply_signal(streisand_verdicts(setup, u, o, golds, results), signal)
+    with timer("signal_and_verdicts"):
+        signal = signal_section(setup, o, golds, results)
+        verdicts, verdict_summary = apply_signal(streisand_verdicts(setup, u, o, golds, results), signal)
     return Scorecard(
         method=_method_info(run), task=_task_info(setup.task), readouts=tuple(readouts),
         attacks=tuple(_attack_report(res) for res in results),
         entropy_histograms=_entropy_histograms({"original": o, "gold": golds[0], "unlearned": u},
                                                setup.data.n_classes),
         provenance=_provenance(setup, run, [res.plugin for res in results], derive_seed(setup.task.seed, "attack")),
-        timings=_timings(setup, run), verdicts=tuple(verdicts), verdict_summary=verdict_summary,
+        timings=_timings(setup, run, timer), verdicts=tuple(verdicts), verdict_summary=verdict_summary,
         challenge=challenge, signal=signal.to_dict())
 
 
 def model_readouts(setup: AuditSetup, run: MethodRun, u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
-                   results: Sequence[AttackResults]) -> list[Readout]:
-    """Every readout family, in scorecard order."""
-    return (_accuracy_readouts(u, o, golds) + _clean_label_readout(setup, u, o, golds)
-            + _output_distance_readouts(u, o, golds) + _entropy_readouts(u, o, golds)
-            + _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])
-            + [r for res in results for r in _attack_readouts(res)] + [_avg_gap_readout(u, o, golds, results)])
+                   results: Sequence[AttackResults], timer: PhaseTimer | None = None) -> list[Readout]:
+    """Every readout family, in scorecard order (each family timed as ``readouts:<family>``)."""
+    timer = timer or PhaseTimer()
+    families = [
+        ("errors", lambda: _accuracy_readouts(setup, u, o, golds) + _clean_label_readout(setup, u, o, golds)),
+        ("output_distances", lambda: _output_distance_readouts(u, o, golds)),
+        ("entropy", lambda: _entropy_readouts(u, o, golds)),
+        ("parameters", lambda: _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])),
+        ("attack_metrics", lambda: [r for res in results for r in _attack_readouts(res)]),
+        ("avg_gap", lambda: [_avg_gap_readout(u, o, golds, results)]),
+    ]
+    out: list[Readout] = []
+    for name, family in families:
+        with timer(f"readouts:{name}"):
+            out += family()
+    return out
 
 
 def _challenge_summary(score: Any) -> dict[str, Any]:
@@ -400,9 +430,17 @@ def _provenance(setup: AuditSetup, run: MethodRun, attacks: Sequence[LoadedPlugi
             "unlearned_state_sha256": state_dict_sha256(run.model.state_dict())}
 
 
-def _timings(setup: AuditSetup, run: MethodRun) -> dict[str, Any]:
+def _timings(setup: AuditSetup, run: MethodRun, timer: PhaseTimer) -> dict[str, Any]:
+    """Wall-clock seconds: the method and gold retrain (speed-up), and every phase of this audit.
+
+    ``phases``: the set-up's shared phases (``data_load``, ``original``, ``golds``: zero-ish when cached, and
+    shared by every method of a comparison), this method's ``train_stats`` and ``method``, then ``inference``
+    (the passes this audit still needed), each ``readouts:<family>``, each ``attack:<name>`` and
+    ``signal_and_verdicts``. Writing the files is timed by the CLI (stderr), after the scorecard exists.
+    """
     gold_seconds = float(np.mean([g.train_seconds for g in setup.golds]))
+    phases = {**setup.phases.seconds, "train_stats": run.stats_seconds, "method": run.seconds, **timer.seconds}
     return {"method_seconds": run.seconds, "train_stats_seconds": run.stats_seconds,
             "gold_seconds": gold_seconds, "speedup_vs_gold": gold_seconds / max(run.seconds, 1e-9),
-            "gold_from_cache": all(g.from_cache for g in setup.golds),
+            "gold_from_cache": all(g.from_cache for g in setup.golds), "phases": phases,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -14,13 +14,15 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
 
-from muaudit.data import DATASETS, DataBundle, Split, load_dataset
+from muaudit.defaults import DATASETS
 from muaudit.errors import TaskError
+
+if TYPE_CHECKING:  # the data module imports torch; tasks are plain values the CLI lists without it
+    from muaudit.data import DataBundle, Split
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,6 +70,8 @@ class DatasetSpec:
         _float_fields(self, ("val_fraction",))
 
     def load(self) -> DataBundle:
+        from muaudit.data import load_dataset
+
         return load_dataset(self.name, self.root, self.val_fraction, self.train_subset)
 
 
@@ -195,6 +199,10 @@ class Task:
         if self.forget_indices is None or len(self.poison_labels) != len(self.forget_indices):
             raise TaskError("poison_labels must give one label per forget index")
         labels = data.train.y.clone()
+        import torch
+
+        from muaudit.data import Split
+
         labels[list(self.forget_indices)] = torch.tensor(self.poison_labels, dtype=labels.dtype)
         return Split(data.train.x, labels, data.train.fine)
 

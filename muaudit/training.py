@@ -137,8 +137,16 @@ def progress_bar(total: int, description: str | None) -> Iterator[object]:
         yield bar
 
 
+#: Inference batch size, chosen by measurement: the zoo's CNN on 8,000 Fashion-MNIST images, one CPU thread
+#: (best of 3): batch 64 1.56 s, 128 1.60 s, 256 2.86 s, 512 3.29 s, 1024 3.54 s, with bit-identical logits at every
+#: size. ``torch.inference_mode`` instead of ``no_grad`` and ``channels_last`` made no measurable difference
+#: (single-channel inputs), so neither is used: inference tensors would also forbid later in-place updates.
+INFERENCE_BATCH = 128
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = INFERENCE_BATCH
+                   ) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on every example of ``split``, on the CPU, in float32."""
     was_training = model.training
     model.eval()

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from muaudit.defaults import DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
 from muaudit.errors import MuauditError, ParameterError, PluginValidationError, TaskError
 from muaudit.params import Param, Search
 from muaudit.serial import json_safe
@@ -49,9 +50,6 @@ if TYPE_CHECKING:  # the CLI imports this module for its defaults: no torch at s
     from muaudit.task import Task
 
 TUNE_SCHEMA = 1
-DEFAULT_BUDGET = 16
-DEFAULT_PROXIES = 2
-DEFAULT_PROXY_GOLDS = 2
 TUNE_ATTACK = "loss"
 COLLAPSE_PENALTY = 10.0
 METRICS = ("forget_error", "test_error", "attack_auc")

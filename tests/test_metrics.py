@@ -215,3 +215,16 @@ def test_roc_points_and_empty_inputs():
         M.attack_metrics(np.array([]), np.array([1.0]), None)
     with pytest.raises(ValueError):
         M.attack_metrics(np.array([1.0]), np.array([]), None)
+
+
+@pytest.mark.parametrize("fpr", [0.001, 0.01, 0.05, 0.3])
+def test_vectorised_tpr_at_fpr_matches_the_roc_curve_implementation(fpr):
+    """The bootstrap's row-wise TPR at low FPR against sklearn's ROC (rounded scores: many ties)."""
+    from muaudit.metrics import tpr_at_fpr, tpr_at_fpr_rows
+
+    rng = np.random.default_rng(7)
+    for decimals in (0, 1, 3):
+        members = np.round(rng.normal(0.4, 1.0, size=(20, 37)), decimals)
+        nonmembers = np.round(rng.normal(0.0, 1.0, size=(20, 1200)), decimals)
+        expected = [tpr_at_fpr(m, n, fpr) for m, n in zip(members, nonmembers)]
+        np.testing.assert_array_equal(tpr_at_fpr_rows(members, nonmembers, fpr), expected)

@@ -75,7 +75,7 @@ def test_digits_has_signal_and_no_warning(digits_setup, loss_attack):
 def test_an_original_that_never_saw_the_forget_set_gives_undetermined_verdicts(digits_setup, loss_attack):
     """A "original" that is itself a retrain without D_f: nothing to forget, so nothing can be judged."""
     retrained = run_method(digits_setup, load_method("retrain"), {}, seed=11).model
-    no_signal = dataclasses.replace(digits_setup, original=retrained, _outputs={}, _attack_memo={},
+    no_signal = dataclasses.replace(digits_setup, original=retrained, _outputs=None, _attack_memo={},
                                     _attack_instances={})
     card = build_scorecard(no_signal, run_method(no_signal, load_method("finetune"), {"epochs": 1}, seed=0),
                            loss_attack)
@@ -91,7 +91,7 @@ def _trained_on_test_split(setup: AuditSetup) -> torch.nn.Module:
 
 
 def test_an_original_trained_on_the_test_split_is_flagged(digits_setup, loss_attack):
-    other = dataclasses.replace(digits_setup, original=_trained_on_test_split(digits_setup), _outputs={},
+    other = dataclasses.replace(digits_setup, original=_trained_on_test_split(digits_setup), _outputs=None,
                                 _attack_memo={}, _attack_instances={})
     card = build_scorecard(other, run_method(other, load_method("finetune"), {"epochs": 1}, seed=0), loss_attack)
     flagged = {c["check"] for c in card.signal["consistency"] if not c["consistent"]}
