@@ -1,14 +1,18 @@
 """Outputs -> attacks: each attack applied to the unlearned, original and every gold model of an audit.
 
 One attack instance per (attack, parameters) serves every method of a set-up, so what it fits once (shadow
-classifiers, Gaussians) is reused by ``compare``; the original's and gold models' results are memoised.
+classifiers, Gaussians) is reused by ``compare``. The original's and gold models' results are memoised in memory
+and cached on disk (:func:`reference_run`), keyed by the attack's identity (distribution, version, the size and
+modification time of its files), its parameters, its seed, the method when the attack needs it, and the scored
+model's outputs identity: a second audit of the same task scores only its unlearned model.
 Metrics and their intervals are computed centrally (:mod:`muaudit.metrics`), never by the plugin.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -17,8 +21,9 @@ from muaudit.base import AttackContext, MembershipAttack, ModelOutputs
 from muaudit.errors import PluginValidationError
 from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
 from muaudit.models import AuditSetup, shadow_bank
-from muaudit.plugins import LoadedPlugin
+from muaudit.plugins import LoadedPlugin, plugin_fingerprint
 from muaudit.runs import MethodRun, ShadowUnlearner
+from muaudit.serial import json_safe
 from muaudit.training import derive_seed
 
 
@@ -77,6 +82,55 @@ def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackCont
                      _most_exposed(members, scores.settings.get("member_positions")))
 
 
+ATTACK_RUN_SCHEMA = 1
+
+
+def reference_run(setup: AuditSetup, model: nn.Module, role: str, identity: dict[str, Any],
+                  compute: Callable[[nn.Module, str], AttackRun]) -> AttackRun:
+    """The attack run of an original or gold model: from the cache when present and valid, else computed and
+    stored (JSON, best effort: an unwritable cache only costs time)."""
+    config = {"role": "attack-run", "schema": ATTACK_RUN_SCHEMA, "model_role": role,
+              "outputs": setup.outputs_identity(model), **identity}
+    path = Path(setup.cache.root) / "attack-runs" / f"{setup.cache.key(config)}.json"
+    expected = json.loads(json.dumps(config, default=str))
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("config") == expected and stored.get("sha256") == _digest(stored["run"]):
+            return _run_from_dict(stored["run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    run = compute(model, role)
+    payload = json_safe(asdict(run))
+    _write_json(path, {"config": expected, "run": payload, "sha256": _digest(payload)})
+    return run
+
+
+def _digest(payload: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _run_from_dict(raw: dict[str, Any]) -> AttackRun:
+    metrics = AttackMetrics(**{**raw["metrics"], "notes": tuple(raw["metrics"]["notes"])})
+    intervals = MetricIntervals(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw["intervals"].items()})
+    return AttackRun(metrics, intervals, raw["roc"], raw["settings"], tuple(raw["most_exposed"]))
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _most_exposed(members: np.ndarray, positions: Any, count: int = 10) -> tuple[dict[str, float], ...]:
     """The forget examples with the highest member scores (attacks reference, reporting convention 7).
 
@@ -114,8 +168,9 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, p
         return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner))
 
     if key not in setup._attack_memo:
-        setup._attack_memo[key] = (on(setup.original, "original"),
-                                   tuple(on(g.model, "gold") for g in setup.golds))
+        identity = {"attack": list(key), "plugin": plugin_fingerprint(plugin.spec), "seed": seed}
+        setup._attack_memo[key] = (reference_run(setup, setup.original, "original", identity, on),
+                                   tuple(reference_run(setup, g.model, "gold", identity, on) for g in setup.golds))
     original, golds = setup._attack_memo[key]
     unlearned = original if run is None else on(run.model, "unlearned")
     return AttackResults(plugin, attack.hparams.as_dict(), unlearned, original, golds)

@@ -99,11 +99,15 @@ class AuditSetup:
             self._outputs = OutputStore(self.cache, self.device)
         splits = (self.forget, self.retain_eval, self.data.test)
         reused = model is self.original or any(model is g.model for g in self.golds)
-        return self._outputs.get(model, splits, self._outputs_identity() if reused else None)
+        return self._outputs.get(model, splits, self.outputs_identity(model) if reused else None)
 
     def _outputs_identity(self) -> dict[str, Any]:
         return {"task_hash": self.task.content_hash(), "retain_eval": indices_digest(self._retain_eval[1]),
                 "retain_eval_count": len(self.retain_eval)}
+
+    def outputs_identity(self, model: nn.Module) -> dict[str, Any]:
+        """What a model's outputs on this set-up's evaluation sets are a function of (a cache key part)."""
+        return {"state_sha256": state_dict_sha256(model.state_dict()), **self._outputs_identity()}
 
 
 # ---------------------------------------------------------------------------------- model sources

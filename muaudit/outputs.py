@@ -22,7 +22,6 @@ from torch import nn
 
 from muaudit.base import ModelOutputs
 from muaudit.cache import TensorCache
-from muaudit.checkpoint import state_dict_sha256
 from muaudit.data import Split
 from muaudit.training import derive_seed, predict_logits
 
@@ -56,11 +55,11 @@ class OutputStore:
 
     def get(self, model: nn.Module, splits: tuple[Split, Split, Split], identity: dict[str, Any] | None
             ) -> ModelOutputs:
-        """The outputs of ``model`` on (D_f, retain evaluation set, test); ``identity`` (task hash and evaluation
-        sets) makes them persistent in the cache, ``None`` keeps them in memory only."""
+        """The outputs of ``model`` on (D_f, retain evaluation set, test); ``identity`` (the model's state hash, the
+        task hash and the evaluation sets) makes them persistent in the cache, ``None`` keeps them in memory only."""
         hit = self._memo.get(model)
         if hit is None:
-            config = None if identity is None else self._config(model, identity)
+            config = None if identity is None else self.config(identity)
             hit = self._load(config, splits) if config is not None else None
             if hit is None:
                 hit = self._compute(model, splits)
@@ -82,9 +81,9 @@ class OutputStore:
                             predict_logits(model, test, self.device), test.y)
 
     @staticmethod
-    def _config(model: nn.Module, identity: dict[str, Any]) -> dict[str, Any]:
-        return {"role": "outputs", "schema": OUTPUTS_SCHEMA, "state_sha256": state_dict_sha256(model.state_dict()),
-                **identity}
+    def config(identity: dict[str, Any]) -> dict[str, Any]:
+        """The cache configuration of the outputs with this identity."""
+        return {"role": "outputs", "schema": OUTPUTS_SCHEMA, **identity}
 
     def _load(self, config: dict[str, Any], splits: tuple[Split, Split, Split]) -> ModelOutputs | None:
         hit = self.cache.get(config)

@@ -185,6 +185,15 @@ def declarations_of(cls: type) -> dict[str, Any]:
                       "params": params, "presets": presets})
 
 
+def plugin_fingerprint(spec: PluginSpec) -> str:
+    """SHA-256 of a plugin's identity: distribution, version, entry point and the stamps of its files (so a cached
+    result of an edited plugin is not reused)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(_declaration_key(spec), sort_keys=True).encode()).hexdigest()
+
+
 def _declaration_key(spec: PluginSpec) -> dict[str, Any]:
     import importlib.util
 

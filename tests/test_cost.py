@@ -1,7 +1,6 @@
 """Audit cost: one inference pass per model per audit, none for cached models."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from muaudit import outputs as O
@@ -49,7 +48,7 @@ def test_a_corrupted_cached_output_is_recomputed_not_used(tmp_path):
 
     _, first = _audit(tmp_path)
     setup = prepare(NAMED_TASKS["digits"], gold_count=2, cache=TensorCache(tmp_path), device=torch.device("cpu"))
-    paths = [setup.cache.path(OutputStore._config(m, setup._outputs_identity()))
+    paths = [setup.cache.path(OutputStore.config(setup.outputs_identity(m)))
              for m in (setup.original, *(g.model for g in setup.golds))]
     assert all(p.is_file() for p in paths)
     for path in paths:  # damage the tensor data: the digest check must reject every entry
@@ -72,3 +71,19 @@ def test_retain_sample_bounds_the_retain_evaluation_set(cache_dir):
     assert "sample of 300" in retain.description
     full = prepare(NAMED_TASKS["digits"], gold_count=1, cache=TensorCache(cache_dir), device=torch.device("cpu"))
     assert not full.retain_sampled and len(full.retain_eval) == len(full.retain)
+
+
+def test_a_second_audit_scores_only_its_unlearned_model(tmp_path, monkeypatch):
+    from muaudit import attacking
+
+    _audit(tmp_path)
+    roles = []
+    real = attacking._attack_run
+
+    def counting(attack, outputs, ctx):
+        roles.append(ctx.role)
+        return real(attack, outputs, ctx)
+
+    monkeypatch.setattr(attacking, "_attack_run", counting)
+    _audit(tmp_path, "neggrad")
+    assert roles == ["unlearned"] * len(DEFAULT_ATTACKS)
