@@ -96,7 +96,8 @@ def markdown(report: dict) -> str:
     a, b = report["audits"]["cold_default"], report["audits"]["second_method"]
     rows = [
         ("(a) overhead ÷ one gold retrain, default attacks", report["a_default"]),
-        ("(a) overhead ÷ one gold retrain, all population attacks", report["a_population"]),
+        ("(a) overhead ÷ one gold retrain, all population attacks (warm: original and gold models cached)",
+         report["a_population"]),
         ("(b) second audit excluding its method ÷ first (cold) audit", report["b_second"]),
     ]
     lines = [f"# Audit cost on {report['task']}", "", f"Command: `{report['command']}`", "",
@@ -114,7 +115,37 @@ def markdown(report: dict) -> str:
     for phase in phases:
         lines.append(f"| {phase} | " + " | ".join(f"{r['phases'].get(phase, 0):.2f}"
                                                   for r in report["audits"].values()) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *overhead_profile(report)]) + "\n"
+
+
+def overhead_profile(report: dict) -> list[str]:
+    """Where the cold audit's overhead goes, in seconds and as a share of one gold retrain (measured above)."""
+    cold = report["audits"]["cold_default"]
+    gold, phases = cold["gold_retrain_seconds"], cold["phases"]
+    groups = {
+        "attacks (fits and bootstrap intervals, 4 models)": sum(v for k, v in phases.items() if k.startswith("attack:")),
+        "inference (one pass per model, 4 models)": phases.get("inference", 0.0),
+        "data load": phases.get("data_load", 0.0),
+        "readouts, signal and verdicts": sum(v for k, v in phases.items()
+                                             if k.startswith("readouts:") or k == "signal_and_verdicts"),
+    }
+    timed = sum(groups.values())
+    groups["process start-up, imports, writing (untimed)"] = cold["overhead_seconds"] - timed
+    lines = ["Where the cold audit's overhead goes (the profile behind (a)):", "",
+             "| part | seconds | ÷ one gold retrain |", "|---|---|---|"]
+    lines += [f"| {name} | {sec:.1f} | {sec / gold:.1%} |" for name, sec in groups.items()]
+    lines += ["", f"Target (a) is {'met' if report['a_default'] <= 0.05 else 'missed'}: 5% of this task's gold "
+              f"retrain is {0.05 * gold:.1f} s, less than the four inference passes alone. The attacks' cost is "
+              "their published definitions (an SVC and a logistic regression fitted on the entropies of the retain "
+              "sample and test split, and 1,000-resample bootstrap intervals of every metric) applied to each of the "
+              "four models; it is paid once per task, since the original's and gold models' attack runs are cached "
+              "(the second audit's attacks score only its unlearned model). Shrinking it further would change the "
+              "attacks' numbers (fewer fit examples or resamples), which this issue forbids. (b) measures the "
+              "repeat audit, the case the caches serve.",
+              "", "Ratios are taken within one run, so both sides see the same machine load (this project's 2-core "
+              "CPU, one torch thread per process; other jobs may share the machine, which slows training and "
+              "overhead alike)."]
+    return lines
 
 
 def main() -> None:
@@ -122,7 +153,14 @@ def main() -> None:
     parser.add_argument("--task", default="fashion-mnist-random")
     parser.add_argument("--method", default="neggrad")
     parser.add_argument("--second-method", default="finetune")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite reports/cost/<task>.md from the committed JSON, without measuring")
     args = parser.parse_args()
+    if args.report_only:
+        report = json.loads((OUT / f"{args.task}.json").read_text())
+        (OUT / f"{args.task}.md").write_text(markdown(report))
+        print(markdown(report))
+        return
     cache = tempfile.mkdtemp(prefix="muaudit-bench-")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUAUDIT_CACHE_DIR": cache}
     work = Path(tempfile.mkdtemp(prefix="muaudit-bench-out-"))
