@@ -29,6 +29,7 @@ from muaudit.cache import TensorCache
 from muaudit.checkpoint import load_into
 from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError
+from muaudit.locks import entry_locks
 from muaudit.task import Task
 from muaudit.training import fresh_model, predict_logits, train_from_scratch
 from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
@@ -173,7 +174,14 @@ class ShadowBank:
                 misses[key] = request
             else:
                 found[key] = model
-        found.update(zip(misses, self._train(list(misses.values()), trainer)))
+        if misses:  # another process may be training the same models: wait for it, then reuse its work
+            with entry_locks(self.cache.root, misses):
+                for key, request in list(misses.items()):
+                    model = self._load(request, trainer)
+                    if model is not None:
+                        found[key] = model
+                        del misses[key]
+                found.update(zip(misses, self._train(list(misses.values()), trainer)))
         out, seen = [], set()
         for request in requests:  # a request given twice gets two independent modules
             key = self.cache.key(self.model_config(request, trainer))

@@ -9,7 +9,8 @@ import hashlib
 import math
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -41,8 +42,34 @@ def generator(seed: int) -> torch.Generator:
 
 def fresh_model(task: Task, data: DataBundle, seed: int) -> ZooModel:
     """The task's architecture with every layer freshly initialised under ``seed``."""
-    return build_model(task.model.arch, data.input_shape, data.n_classes, data.mean, data.std,
-                       task.model.options, seed=seed)
+    return ModelFactory.of(task, data)(seed)
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """The task's architecture, freshly initialised on demand: what ``MethodContext.fresh_model`` needs.
+
+    It holds the architecture's description only (name, input shape, class count, normalisation, options) and
+    never the data or the audit's models, so a method that declared nothing cannot reach them through it.
+    """
+
+    arch: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+    device: torch.device | None = None
+
+    @classmethod
+    def of(cls, task: Task, data: DataBundle, device: torch.device | None = None) -> "ModelFactory":
+        return cls(task.model.arch, tuple(data.input_shape), data.n_classes, tuple(data.mean), tuple(data.std),
+                   tuple(sorted(dict(task.model.options or {}).items())), device)
+
+    def __call__(self, seed: int) -> ZooModel:
+        model = build_model(self.arch, self.input_shape, self.n_classes, self.mean, self.std, dict(self.options),
+                            seed=seed)
+        return model if self.device is None else model.to(self.device)
 
 
 def make_optimizer(params: Iterator[nn.Parameter] | list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
