@@ -488,3 +488,17 @@ def test_a_result_that_cannot_be_written_is_printed(cache_dir, tmp_path, capsys,
 
 def test_plugin_failure_is_a_plugin_error():
     assert PluginFailure("x").exit_code == 3 and UndeclaredDataError("x").exit_code == 3
+
+
+@pytest.mark.parametrize("name", ["faults-mutate-forget-x", "faults-mutate-retain", "faults-mutate-stats"])
+def test_check_method_catches_a_method_that_mutates_its_inputs(faults, digits_setup, name):
+    from muaudit.testing import check_method
+
+    with pytest.raises(AssertionError, match="in place"):
+        check_method(digits_setup, load_by_name(METHODS, name))
+
+
+def test_check_method_passes_a_well_behaved_method(faults, digits_setup):
+    from muaudit.testing import check_method
+
+    check_method(digits_setup, load_by_name(METHODS, "finetune"), {"epochs": 1})
