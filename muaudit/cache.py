@@ -21,6 +21,7 @@ import torch
 
 from muaudit.checkpoint import state_dict_sha256
 from muaudit.defaults import default_cache_dir
+from muaudit.files import publish
 
 CACHE_SCHEMA = 1
 
@@ -76,7 +77,7 @@ class TensorCache:
         os.close(fd)
         try:
             save_file(contiguous, tmp, metadata={"muaudit_cache": json.dumps(header, sort_keys=True)})
-            os.replace(tmp, path)
+            publish(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

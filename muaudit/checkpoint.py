@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from muaudit.errors import CheckpointError
+from muaudit.files import publish
 
 FORMAT_VERSION = 1
 META_KEY = "muaudit_metadata"
@@ -72,7 +73,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, A
             save_file(state, tmp, metadata={META_KEY: meta})
         else:
             torch.save({"state_dict": state, META_KEY: meta}, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

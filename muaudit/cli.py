@@ -511,6 +511,8 @@ def _signal_text(task: Any, record: dict[str, Any] | None) -> str:
 
 def _write_outputs(directory: Path, files: dict[str, str]) -> None:
     """Write every file to a temporary name first, then rename all: no half-written output."""
+    from muaudit.files import publish
+
     directory.mkdir(parents=True, exist_ok=True)
     staged = []
     try:
@@ -520,7 +522,7 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
                 handle.write(text)
             staged.append((tmp, directory / name))
         for tmp, final in staged:
-            os.replace(tmp, final)
+            publish(tmp, final)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):

@@ -173,6 +173,8 @@ def _write_decoded(key: dict[str, Any], bundle: DataBundle) -> None:
     import json
     import tempfile
 
+    from muaudit.files import publish
+
     arrays: dict[str, np.ndarray] = {"key": np.array(json.dumps(key, sort_keys=True, default=str)),
                                      "n_classes": np.array(bundle.n_classes), "mean": np.array(bundle.mean),
                                      "std": np.array(bundle.std)}
@@ -188,7 +190,7 @@ def _write_decoded(key: dict[str, Any], bundle: DataBundle) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError:
         pass
 
