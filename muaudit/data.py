@@ -604,7 +604,7 @@ def _npz_split(x: np.ndarray, y: np.ndarray, path: str, part: str = "train") -> 
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: x_{part} must hold real numbers, found dtype {x.dtype}")
     if y.dtype.kind not in "iu":
-        raise DataError(f"{path}: y_{part} must hold integer labels, found dtype {y.dtype}")
+        raise DataError(f"{path}: y_{part} must hold integers (class labels), found dtype {y.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim not in (2, 4) or y.ndim != 1 or len(x) != len(y):
