@@ -614,9 +614,10 @@ def _npz_split(x: np.ndarray, y: np.ndarray, path: str, part: str = "train") -> 
     if (y < 0).any() or (y >= MAX_NPZ_CLASSES).any():
         raise DataError(f"{path}: labels must be non-negative integers below {MAX_NPZ_CLASSES}, "
                         f"found {int(y.min()) if (y < 0).any() else int(y.max())}")
-    scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, rejected below
+        scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     if not np.isfinite(scaled).all():
-        raise DataError(f"{path}: inputs contain NaN or infinite values")
+        raise DataError(f"{path}: inputs contain NaN or infinite values (or values beyond float32)")
     return _split(scaled, y.astype(np.int64))
 
 
