@@ -880,3 +880,185 @@ def test_bad_option(case, env, capsys):
 
 def test_the_catalogue_is_large_enough():
     assert len(CHECKPOINTS) + len(METADATA) + len(TASK_FILES) + len(NPZ) + len(OPTIONS) >= 150
+
+
+# ------------------------------------------------------------------------------- as a real process
+SUBPROCESS_CASES = {
+    "complex weights": (lambda e: ["score", "--method", "retrain", "--model",
+                                   str(ckpt_state(e, cast(torch.complex64)))], 2, "holds complex64 values"),
+    "float64 inputs beyond float32": (lambda e: ["train", "--task", str(NPZ["float64 overflowing float32"][0](e))],
+                                      2, "NaN or infinite"),
+    "pickle payload": (lambda e: ["score", "--method", "retrain", "--model", str(ckpt_pickle_payload(e))], 2,
+                       "refused to load"),
+}
+
+
+@pytest.mark.parametrize("case", list(SUBPROCESS_CASES))
+def test_nothing_but_the_line_reaches_stderr(case, env):
+    """Out of pytest's warning capture, with every warning shown: stderr is exactly the one error line."""
+    build, expected, fragment = SUBPROCESS_CASES[case]
+    out = env.folder.parent / "out"
+    argv = with_defaults(build(env), env, out)
+    result = subprocess.run([sys.executable, "-m", "muaudit", *argv], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "default"}, check=False)
+    assert_one_line(result.returncode, result.stderr, expected, fragment)
+    assert not out.exists() and not (env.folder / MARKER).exists()
+
+
+# ------------------------------------------------------------------------- what valid input still does
+def test_valid_tiny_inputs_succeed_and_the_record_does_not_depend_on_the_working_directory(env, capsys,
+                                                                                          monkeypatch):
+    """The control of the catalogue: the same tiny checkpoint, given by a relative and an absolute path, scores
+    (exit 0, both files written) with the same record of the original: its file name and SHA-256."""
+    from muaudit.checkpoint import file_sha256
+
+    cards = []
+    monkeypatch.chdir(env.original.parent)
+    for i, model in enumerate((env.original.name, str(env.original))):
+        out = env.folder / f"run{i}"
+        code = main(["score", "--method", "retrain", "--gold-seeds", "1", "--model", model, "--cache-dir",
+                     str(env.cache), "--quiet", "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        cards.append(json.loads((out / "scorecard.json").read_text()))
+        assert (out / "scorecard.md").is_file()
+    first, second = (c["provenance"]["original"] for c in cards)
+    assert first == second
+    assert first["file"] == "tiny.pt" and first["sha256"] == file_sha256(env.original) and "path" not in first
+
+
+def test_a_diverged_model_is_neither_written_nor_cached(env, capsys):
+    cache = env.folder / "fresh-cache"
+    out = env.folder / "model.pt"
+    task = TASK_FILES["diverging recipe (lr 10, weight decay 1)"][0](env)
+    code = main(["train", "--task", str(task), "--out", str(out), "--cache-dir", str(cache), "--quiet"])
+    assert_one_line(code, capsys.readouterr().err, 2, "diverged")
+    assert not out.exists()
+    assert not cache.exists() or not list(cache.rglob("*.safetensors"))
+
+
+def test_inline_forget_indices_are_honoured_without_a_fingerprint(env):
+    """Explicit indices are the forget set (never redrawn); the fingerprint is recorded when absent."""
+    from muaudit.data import load_dataset
+    from muaudit.task import Task
+
+    task = Task.from_file(write_task(env, edited(TINY_TASK, None, forget_indices=[7, 3, 11])))
+    data = load_dataset("digits")
+    done = task.materialise(data)
+    assert done.forget_indices == (7, 3, 11) and done.data_fingerprint == data.fingerprint()
+    assert done.materialise(data) == done
+
+
+def test_relative_paths_resolve_against_the_task_file(env):
+    from muaudit.task import Task
+
+    path = write_task(env, edited(edited(NPZ_TASK, "dataset", root="data/d.npz"), "forget", kind="indices",
+                                  count=None, path="sets/f.json"))
+    task = Task.from_file(path)
+    assert task.dataset.root == str(env.folder / "data" / "d.npz")
+    assert task.forget.path == str(env.folder / "sets" / "f.json")
+    absolute = Task.from_file(write_task(env, edited(NPZ_TASK, "dataset", root="/abs/d.npz")))
+    assert absolute.dataset.root == "/abs/d.npz"
+
+
+# ------------------------------------------------------------------------------- validation functions
+@pytest.mark.parametrize("field, good, bad", [
+    ("lr", [1e-8, 0.05, 10.0], [0.0, -1.0, 10.5, 1e30, math.inf, -math.inf, math.nan]),
+    ("momentum", [0.0, 0.9, 0.999], [-0.1, 1.0, 2.0, math.nan, math.inf]),
+    ("weight_decay", [0.0, 5e-4, 1.0], [-1e-9, 1.5, math.nan, math.inf]),
+    ("epochs", [1, 30, 10_000], [0, -1, 10_001]),
+    ("batch_size", [1, 64, 1_000_000], [0, -8, 1_000_001]),
+])
+def test_recipe_ranges(field, good, bad):
+    from dataclasses import replace
+
+    from muaudit.errors import TaskError
+    from muaudit.task import Recipe
+
+    for value in good:
+        replace(Recipe(), **{field: value}).validate()
+    for value in bad:
+        with pytest.raises(TaskError, match=f"recipe {field} must"):
+            replace(Recipe(), **{field: value}).validate()
+
+
+@pytest.mark.parametrize("name", ["bogus", "", "gpu", "cuda:", "cuda:-1", "cpu:0x", "meta", "CUDA"])
+def test_resolve_device_rejects_unknown_names(name):
+    from muaudit.errors import ConfigurationError
+    from muaudit.training import resolve_device
+
+    with pytest.raises(ConfigurationError, match="--device must be"):
+        resolve_device(name)
+
+
+def test_resolve_device_accepts_what_exists():
+    from muaudit.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_cache_dir_must_be_a_writable_directory(tmp_path, monkeypatch):
+    from muaudit.cache import TensorCache
+    from muaudit.errors import ConfigurationError
+
+    TensorCache(tmp_path / "new" / "deeper")  # absent folders are fine (created on first write) ...
+    assert not (tmp_path / "new").exists()  # ... and not created by the check
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigurationError, match="not a directory"):
+        TensorCache(tmp_path / "file")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real_access(p, mode))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(ConfigurationError, match=r"\(--cache-dir\): not writable"):
+        TensorCache(tmp_path / "ro")
+    with pytest.raises(ConfigurationError, match="ro is not writable"):
+        TensorCache(tmp_path / "ro" / "sub")
+    monkeypatch.setenv("MUAUDIT_CACHE_DIR", str(tmp_path / "ro"))
+    with pytest.raises(ConfigurationError, match=r"\(\$MUAUDIT_CACHE_DIR\)"):
+        TensorCache()
+
+
+def test_gold_seed_bound_and_its_override(monkeypatch):
+    from muaudit.defaults import MAX_GOLD_SEEDS, max_gold_seeds
+
+    monkeypatch.delenv("MUAUDIT_MAX_GOLD_SEEDS", raising=False)
+    assert max_gold_seeds() == MAX_GOLD_SEEDS == 64
+    monkeypatch.setenv("MUAUDIT_MAX_GOLD_SEEDS", "512")
+    assert max_gold_seeds() == 512
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_published_files_follow_the_umask(tmp_path, umask):
+    import tempfile
+
+    from muaudit.checkpoint import save_checkpoint
+    from muaudit.zoo import build_model
+
+    old = os.umask(umask)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=tmp_path)
+        os.close(fd)
+        from muaudit.files import publish
+
+        publish(tmp, tmp_path / "plain.txt")
+        model = build_model("mlp", (4,), 2, [0.0], [1.0], {"hidden": 2}, seed=0)
+        save_checkpoint(model, tmp_path / "m.pt", {})
+        from muaudit.cache import TensorCache
+
+        entry = TensorCache(tmp_path / "cache").put({"k": 1}, {"t": torch.zeros(1)})
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "plain.txt", tmp_path / "m.pt", entry):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_statistics_check_names_the_buffer():
+    from muaudit.errors import CheckpointError
+    from muaudit.zoo import build_model, check_statistics
+
+    model = build_model("smallvgg", (1, 8, 8), 10, [0.3], [0.2], {"width": 2, "hidden": 4}, seed=0)
+    check_statistics(model, "m")
+    bn = next(name for name, _ in model.named_buffers() if name.endswith("running_var"))
+    model.get_buffer(bn).fill_(-1.0)
+    with pytest.raises(CheckpointError, match="running variance"):
+        check_statistics(model, "m")
