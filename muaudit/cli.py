@@ -562,11 +562,14 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     spec = resolve(METHODS, args.method)
     decl = declarations(spec)
     reason = None
-    if args.task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
-        from muaudit.presets import profile_of
-        from muaudit.task import resolve_task
+    if args.data_root is not None and args.task is None:
+        raise _UsageError("--data-root applies to the --task of describe; no --task was given")
+    from muaudit.task import resolve_task
 
-        task = resolve_task(args.task, args.data_root)
+    task = None if args.task is None else resolve_task(args.task, args.data_root)  # a bad --task is an error
+    if task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
+        from muaudit.presets import profile_of
+
         data = task.dataset.load()
         reason = load(spec).cls.auto_preset(profile_of(task.materialise(data), data)).reason
     print(describe_method(spec.name, spec.dist, spec.version, decl, reason))
