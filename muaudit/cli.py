@@ -18,7 +18,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
+from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS, MAX_GOLD_SEEDS
 
 
 class ExitCode(IntEnum):
@@ -82,7 +82,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--model", help="checkpoint of the original model (default: train one for the task)")
     p.add_argument("--arch", help="architecture of a bare state dict given with --model")
-    p.add_argument("--gold-seeds", type=int, default=2, metavar="K", help="gold models to train (default 2)")
+    p.add_argument("--gold-seeds", type=int, default=2, metavar="K",
+                   help=f"gold models to train (default 2, at most {MAX_GOLD_SEEDS} unless $MUAUDIT_MAX_GOLD_SEEDS "
+                        "allows more)")
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a method hyperparameter (repeatable)")
     p.add_argument("--seed", type=int, help="method seed (default: derived from the task seed)")
@@ -220,17 +222,13 @@ def _runtime(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from muaudit.audit import checkpoint_metadata, train_original
     from muaudit.shadows import ShadowBank
     from muaudit.checkpoint import save_checkpoint
     from muaudit.task import NAMED_TASKS
 
     cache, device = _runtime(args)
-    task = _task(args) or NAMED_TASKS["digits"]
-    if args.data_root is not None:
-        task = replace(task, dataset=replace(task.dataset, root=args.data_root))
+    task = (_task(args) or NAMED_TASKS["digits"]).with_data_root(args.data_root)
     data = task.dataset.load()
     task = task.materialise(data)
     trained = train_original(ShadowBank(task, data, cache, device, progress=not args.quiet))
@@ -246,8 +244,7 @@ def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
     from muaudit.audit import prepare
 
     gold_seeds = getattr(args, "gold_seeds", 1)
-    if gold_seeds < 1:
-        raise _UsageError("--gold-seeds must be at least 1")
+    _check_gold_seeds(gold_seeds)
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
@@ -331,11 +328,22 @@ def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
 
 def _check_audit_options(args: argparse.Namespace) -> None:
     """The audit options' usage errors, before any heavy import."""
-    if getattr(args, "gold_seeds", 1) < 1:
-        raise _UsageError("--gold-seeds must be at least 1")
+    _check_gold_seeds(getattr(args, "gold_seeds", 1))
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     _retain_sample(args)
+
+
+def _check_gold_seeds(count: int) -> None:
+    """``--gold-seeds`` lies in [1, the documented bound] (``$MUAUDIT_MAX_GOLD_SEEDS`` raises the bound)."""
+    from muaudit.defaults import max_gold_seeds
+
+    if count < 1:
+        raise _UsageError("--gold-seeds must be at least 1")
+    bound = max_gold_seeds()
+    if count > bound:
+        raise _UsageError(f"--gold-seeds {count} exceeds the bound of {bound} gold models (each is a full "
+                          "retrain); set MUAUDIT_MAX_GOLD_SEEDS to allow more")
 
 
 def _precheck_attacks(names: str, pairs: Sequence[str]) -> None:
@@ -577,6 +585,8 @@ def _emit(text: str, out: str | None, files: dict[str, str]) -> int:
 
 def _write_outputs(directory: Path, files: dict[str, str]) -> None:
     """Write every file to a temporary name first, then rename all: no half-written output."""
+    from muaudit.files import publish
+
     directory.mkdir(parents=True, exist_ok=True)
     staged = []
     try:
@@ -586,7 +596,7 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
                 handle.write(text)
             staged.append((tmp, directory / name))
         for tmp, final in staged:
-            os.replace(tmp, final)
+            publish(tmp, final)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
@@ -616,11 +626,14 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     spec = resolve(METHODS, args.method)
     decl = declarations(spec)
     reason = None
-    if args.task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
-        from muaudit.presets import profile_of
-        from muaudit.task import resolve_task
+    if args.data_root is not None and args.task is None:
+        raise _UsageError("--data-root applies to the --task of describe; no --task was given")
+    from muaudit.task import resolve_task
 
-        task = resolve_task(args.task, args.data_root)
+    task = None if args.task is None else resolve_task(args.task, args.data_root)  # a bad --task is an error
+    if task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
+        from muaudit.presets import profile_of
+
         data = task.dataset.load()
         reason = load(spec).cls.auto_preset(profile_of(task.materialise(data), data)).reason
     print(describe_method(spec.name, spec.dist, spec.version, decl, reason))

@@ -28,6 +28,14 @@ class ParameterError(MuauditError, ValueError):
     """A hyperparameter is unknown or violates its declared constraint."""
 
 
+class ConfigurationError(MuauditError):
+    """A run setting is unusable: an unknown or unavailable device, an unwritable cache directory, a limit."""
+
+
+class TrainingError(MuauditError):
+    """Training with the task's recipe produced NaN or infinite weights (the recipe is the likely cause)."""
+
+
 class PluginError(MuauditError):
     """Base class of plugin errors: discovery, loading, contract violations and failures (exit 3)."""
 

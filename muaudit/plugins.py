@@ -225,11 +225,13 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     import json
     import tempfile
 
+    from muaudit.files import publish
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, sort_keys=True)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError:
         pass

@@ -31,7 +31,7 @@ from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError
 from muaudit.locks import entry_locks
 from muaudit.task import Task
-from muaudit.training import fresh_model, predict_logits, train_from_scratch
+from muaudit.training import check_trained, fresh_model, predict_logits, train_from_scratch
 from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
 
 BANK_SCHEMA = 1
@@ -300,6 +300,7 @@ class ShadowBank:
         from muaudit.audit import versions  # imported here: muaudit.audit imports this module lazily too
 
         for request, model, own in zip(requests, models, seconds):
+            check_trained(model, self.task, f"{request.role} model (seed {request.seed})")
             self.cache.put(self.model_config(request, trainer), model.state_dict(), {
                 "count": int(len(request.indices)), "indices_sha256": _indices_sha256(request.indices),
                 "trainer": trainer, "train_seconds": own, "batch_seconds": total,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from muaudit.data import DataBundle, Split
+from muaudit.errors import ConfigurationError, TrainingError
 from muaudit.task import Recipe, Task
 from muaudit.zoo import ZooModel, build_model
 
@@ -27,10 +29,23 @@ def derive_seed(base: int, *labels: object) -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` must be available here.
+
+    An unknown or unavailable device is a :class:`~muaudit.errors.ConfigurationError` (exit 2), raised before
+    any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigurationError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(f"--device {name}: CUDA is not available on this machine "
+                                     "(use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigurationError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                                     "device(s)")
+    return device
 
 
 def generator(seed: int) -> torch.Generator:
@@ -145,6 +160,18 @@ def train_from_scratch(
     """Build the task's architecture fresh under ``seed`` and train it with the task's recipe on ``split``."""
     model = fresh_model(task, data, derive_seed(seed, "init"))
     return fit(model, split, task.recipe, derive_seed(seed, "order"), device, progress)
+
+
+def check_trained(model: nn.Module, task: Task, what: str) -> nn.Module:
+    """``model`` if every weight is finite; otherwise a :class:`~muaudit.errors.TrainingError` blaming the
+    recipe, so that a diverged model is never cached, written or audited."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            r = task.recipe
+            raise TrainingError(f"training the {what} of task {task.name!r} diverged ({name!r} is NaN or infinite); "
+                                f"the recipe is the likely cause (optimizer {r.optimizer}, lr {r.lr:g}, momentum "
+                                f"{r.momentum:g}, weight_decay {r.weight_decay:g}): lower lr")
+    return model
 
 
 class _NullBar:

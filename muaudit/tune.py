@@ -502,10 +502,12 @@ def _store(setup: Any, config: Mapping[str, Any], result: TuneResult) -> None:
     import os
     import tempfile
 
+    from muaudit.files import publish
+
     path = result_path(setup, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump({"config": config, "result": result.to_dict()}, handle, sort_keys=True)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
