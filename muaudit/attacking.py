@@ -61,13 +61,14 @@ class AttackResults:
 
 def attack_context(setup: AuditSetup, plugin: LoadedPlugin, seed: int, role: str,
                    unlearner: ShadowUnlearner | None) -> AttackContext:
-    """The attack's context: the data set and the shadow bank only for an attack that declared ``shadows``."""
+    """The attack's context: the shadow bank and its (private) copy of the data set only for an attack that declared
+    ``shadows``."""
     needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
-    shadows = "shadows" in needs
+    bank = shadow_bank(setup) if "shadows" in needs else None
     return AttackContext(plugin.spec.name, seed, role, needs=needs,
                          forget_indices=np.asarray(setup.task.forget_indices or (), dtype=np.int64),
-                         n_classes=setup.data.n_classes, task=setup.task, data=setup.data if shadows else None,
-                         bank=shadow_bank(setup) if shadows else None,
+                         n_classes=setup.data.n_classes, task=setup.task, data=None if bank is None else bank.data,
+                         bank=bank,
                          unlearner=unlearner if "method" in needs else None)
 
 
@@ -176,7 +177,7 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, p
     unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if run and "method" in needs else None
     key = (plugin.spec.qualified_name, json.dumps(attack.hparams.as_dict(), sort_keys=True, default=str),
            json.dumps(unlearner.label, sort_keys=True, default=str) if unlearner else "")
-    before = AuditFingerprint.of(audit_tensors(setup)) if needs else None
+    before = AuditFingerprint.of(_reachable_tensors(setup, needs)) if needs else None
 
     def on(model: nn.Module, role: str) -> AttackRun:
         return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner), where)
@@ -188,13 +189,29 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, p
     original, golds = setup._attack_memo[key]
     unlearned = original if run is None else on(run.model, "unlearned")
     if before is not None:
-        _check_untouched(setup, before, where)
+        _check_untouched(setup, before, needs, where)
     return AttackResults(plugin, attack.hparams.as_dict(), unlearned, original, golds)
 
 
-def _check_untouched(setup: AuditSetup, before: AuditFingerprint, where: str) -> None:
-    changed = before.changed(audit_tensors(setup))
+def _reachable_tensors(setup: AuditSetup, needs: frozenset[str]) -> list[tuple[str, Any]]:
+    """The audit's own tensors plus, for an attack holding the shadow bank, the bank's data and pool."""
+    named = audit_tensors(setup)
+    if "shadows" in needs or "method" in needs:
+        bank = shadow_bank(setup)
+        for split in ("train", "val", "test"):
+            part = getattr(bank.data, split)
+            named += [(f"shadow bank data.{split}.x", part.x), (f"shadow bank data.{split}.y", part.y)]
+        named += [("shadow bank pool.x", bank.pool.x), ("shadow bank pool.y", bank.pool.y)]
+    return named
+
+
+def _check_untouched(setup: AuditSetup, before: AuditFingerprint, needs: frozenset[str], where: str) -> None:
+    """Raise if the attack changed anything it could reach; a tampered shadow bank is dropped (the next attack
+    gets a fresh one, built from the audit's data) so that nothing later uses it."""
+    changed = before.changed(_reachable_tensors(setup, needs))
     if changed:
+        setup._bank = None
+        setup._attack_memo.clear()
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        raise PluginValidationError(f"{where} changed the audit's own {shown} (reached through its declared "
-                                    f"services); the audit cannot be trusted")
+        raise PluginValidationError(f"{where} changed {shown} (reached through its declared services); plugins "
+                                    f"must not modify what they are given")

@@ -55,6 +55,10 @@ class Split:
         fine = None if self.fine is None else self.fine[idx]
         return Split(self.x[idx], self.y[idx], fine)
 
+    def clone(self) -> "Split":
+        """A private copy (new storage for every tensor)."""
+        return Split(self.x.clone(), self.y.clone(), None if self.fine is None else self.fine.clone())
+
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,6 +81,11 @@ class DataBundle:
     n_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def clone(self) -> "DataBundle":
+        """A private copy: no tensor shared with this bundle."""
+        return DataBundle(self.name, self.train.clone(), self.val.clone(), self.test.clone(), self.n_classes,
+                          self.mean, self.std)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -110,7 +119,9 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.2,
     if name == "fashion-mnist" and root is None:  # resolved here so that the cache sees the real location
         root = os.environ.get("MUAUDIT_FASHION_MNIST_ROOT", FASHION_MNIST_ROOT)
     root = None if root is None else str(root)
-    return _load_cached(name, root, float(val_fraction), _file_stamp(root), train_subset)
+    # A private copy of the in-process memo: whatever one audit (or a plugin) does to its tensors cannot reach
+    # the next audit in this process.
+    return _load_cached(name, root, float(val_fraction), _file_stamp(root), train_subset).clone()
 
 
 def _file_stamp(root: str | None) -> tuple[int, int] | None:

@@ -32,7 +32,7 @@ from muaudit.errors import MuauditError, PluginError, PluginFailure, PluginValid
 # ----------------------------------------------------------------------------------------- copies
 def clone_split(split: Split) -> Split:
     """A private copy of ``split`` (new storage for every tensor)."""
-    return Split(split.x.clone(), split.y.clone(), None if split.fine is None else split.fine.clone())
+    return split.clone()
 
 
 def clone_tensors(mapping: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

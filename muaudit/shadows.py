@@ -113,7 +113,9 @@ class ShadowBank:
             raise ValueError(f"vectorise must be one of {', '.join(VECTORISE_MODES)}, got {vectorise!r}")
         if chunk < 1:
             raise ValueError(f"chunk must be positive, got {chunk}")
-        self.task, self.data, self.cache, self.device = task, data, cache, device
+        # The bank's own copy of the data: an attack that declared "shadows" reaches the bank, and must not be able
+        # to reach the audit's data through it.
+        self.task, self.data, self.cache, self.device = task, data.clone(), cache, device
         self.progress, self.chunk = progress, chunk
         train = task.training_split(data)
         fine = None if train.fine is None or data.test.fine is None else torch.cat([train.fine, data.test.fine])

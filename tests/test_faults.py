@@ -178,6 +178,12 @@ class ReachesThroughBank(AttackBase):
     def score(self, outputs, ctx):
         ctx.bank.data.train.x.add_(1.0)
         return super().score(outputs, ctx)
+
+class ReachesThroughContext(AttackBase):
+    needs = frozenset({"shadows"})
+    def score(self, outputs, ctx):
+        ctx.data.test.x.zero_()
+        return super().score(outputs, ctx)
 '''
 
 METHOD_FAULTS = {
@@ -192,7 +198,7 @@ METHOD_FAULTS = {
 ATTACK_FAULTS = {
     "faults-attack-ok": "AttackBase", "faults-mutate-outputs": "MutateOutputs", "faults-attack-raises": "AttackRaises",
     "faults-attack-exits": "AttackExits", "faults-attack-none": "AttackReturnsNone", "faults-attack-nan": "AttackNaN",
-    "faults-reach-bank": "ReachesThroughBank",
+    "faults-reach-bank": "ReachesThroughBank", "faults-reach-context": "ReachesThroughContext",
 }
 
 
@@ -320,7 +326,8 @@ def _reachable(root: object, depth: int = 4) -> list[object]:
     ("faults-attack-exits", "called sys.exit(0) in score"),
     ("faults-attack-none", "returned NoneType from score"),
     ("faults-attack-nan", "invalid member scores"),
-    ("faults-reach-bank", "changed the audit's own data.train.x"),
+    ("faults-reach-bank", "changed shadow bank data.train.x"),
+    ("faults-reach-context", "changed shadow bank data.test.x"),
 ])
 def test_a_failing_attack_exits_3_naming_it(faults, cache_dir, tmp_path, capsys, name, fragment):
     out = tmp_path / "out"
@@ -502,3 +509,26 @@ def test_check_method_passes_a_well_behaved_method(faults, digits_setup):
     from muaudit.testing import check_method
 
     check_method(digits_setup, load_by_name(METHODS, "finetune"), {"epochs": 1})
+
+
+@pytest.mark.parametrize("name", ["faults-reach-bank", "faults-reach-context"])
+def test_an_attack_reaching_through_the_shadow_bank_cannot_change_the_audit(faults, digits_setup, name):
+    from muaudit.attacking import run_attack
+    from muaudit.task import NAMED_TASKS
+
+    pristine = NAMED_TASKS["digits"].dataset.load().fingerprint()
+    before = AuditFingerprint.of(audit_tensors(digits_setup))
+    run = run_method(digits_setup, load_by_name(METHODS, "finetune"), {"epochs": 1}, seed=0)
+    with pytest.raises(PluginValidationError, match="shadow bank"):
+        run_attack(digits_setup, load_by_name(ATTACKS, name), run)
+    assert before.changed(audit_tensors(digits_setup)) == []
+    assert NAMED_TASKS["digits"].dataset.load().fingerprint() == pristine  # the in-process memo is intact too
+    assert digits_setup._bank is None  # the tampered bank is dropped; the next attack gets a fresh one
+
+
+def test_each_load_returns_private_data():
+    from muaudit.task import NAMED_TASKS
+
+    first, second = NAMED_TASKS["digits"].dataset.load(), NAMED_TASKS["digits"].dataset.load()
+    first.train.x.add_(1.0)
+    assert not torch.equal(first.train.x, second.train.x)
