@@ -17,12 +17,13 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
-from muaudit.base import AttackContext, MembershipAttack, ModelOutputs
-from muaudit.errors import PluginValidationError
+from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
+from muaudit.errors import ParameterError, PluginValidationError
 from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
 from muaudit.models import AuditSetup, shadow_bank
 from muaudit.plugins import LoadedPlugin, plugin_fingerprint
 from muaudit.runs import MethodRun, ShadowUnlearner
+from muaudit.seal import AuditFingerprint, audit_tensors, clone_outputs, outputs_changes, plugin_call, report_mutation
 from muaudit.serial import json_safe
 from muaudit.training import derive_seed
 
@@ -60,21 +61,30 @@ class AttackResults:
 
 def attack_context(setup: AuditSetup, plugin: LoadedPlugin, seed: int, role: str,
                    unlearner: ShadowUnlearner | None) -> AttackContext:
+    """The attack's context: the shadow bank and its (private) copy of the data set only for an attack that declared
+    ``shadows``."""
     needs = frozenset(getattr(plugin.cls, "needs", frozenset()))
+    bank = shadow_bank(setup) if "shadows" in needs else None
     return AttackContext(plugin.spec.name, seed, role, needs=needs,
                          forget_indices=np.asarray(setup.task.forget_indices or (), dtype=np.int64),
-                         n_classes=setup.data.n_classes, task=setup.task, data=setup.data,
-                         bank=shadow_bank(setup) if "shadows" in needs else None,
+                         n_classes=setup.data.n_classes, task=setup.task, data=None if bank is None else bank.data,
+                         bank=bank,
                          unlearner=unlearner if "method" in needs else None)
 
 
-def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackContext) -> AttackRun:
-    scores = attack.score(outputs, ctx)
+def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackContext, where: str) -> AttackRun:
+    """Score a private copy of ``outputs``; an attack that modified its copy violated the contract."""
+    given = clone_outputs(outputs)
+    with plugin_call(where, "score"):
+        scores = attack.score(given, ctx)
+    report_mutation(where, outputs_changes("outputs", given, outputs))
+    if not isinstance(scores, AttackScores):
+        raise PluginValidationError(f"{where} returned {type(scores).__name__} from score, not AttackScores")
     members = np.asarray(scores.members, dtype=np.float64)
     nonmembers = np.asarray(scores.nonmembers, dtype=np.float64)
     for label, values in (("member", members), ("non-member", nonmembers)):
         if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
-            raise PluginValidationError(f"attack {ctx.attack!r} returned invalid {label} scores (need a non-empty "
+            raise PluginValidationError(f"{where} returned invalid {label} scores (need a non-empty "
                                         f"1-D array of finite numbers)")
     metrics = attack_metrics(members, nonmembers, scores.threshold)
     intervals = confidence_intervals(members, nonmembers, metrics.threshold, derive_seed(ctx.seed, "ci", ctx.role))
@@ -121,12 +131,14 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     import os
     import tempfile
 
+    from muaudit.files import publish
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, sort_keys=True)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError:
         pass
 
@@ -152,7 +164,9 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, p
     attack that needs the method under audit (U-LiRA) cannot do that.
     """
     params = dict(params or {})
-    probe: MembershipAttack = plugin.cls(**params)
+    where = plugin.spec.describe()
+    with plugin_call(where, "__init__", passthrough=(ParameterError,)):
+        probe: MembershipAttack = plugin.cls(**params)
     instance_key = (plugin.spec.qualified_name, json.dumps(probe.hparams.as_dict(), sort_keys=True, default=str))
     attack = setup._attack_instances.setdefault(instance_key, probe)
     seed = derive_seed(setup.task.seed, "attack")
@@ -163,9 +177,10 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, p
     unlearner = ShadowUnlearner(setup, run.plugin, run.params, run.seed) if run and "method" in needs else None
     key = (plugin.spec.qualified_name, json.dumps(attack.hparams.as_dict(), sort_keys=True, default=str),
            json.dumps(unlearner.label, sort_keys=True, default=str) if unlearner else "")
+    before = AuditFingerprint.of(_reachable_tensors(setup, needs)) if needs else None
 
     def on(model: nn.Module, role: str) -> AttackRun:
-        return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner))
+        return _attack_run(attack, setup.outputs(model), attack_context(setup, plugin, seed, role, unlearner), where)
 
     if key not in setup._attack_memo:
         identity = {"attack": list(key), "plugin": plugin_fingerprint(plugin.spec), "seed": seed}
@@ -173,4 +188,30 @@ def run_attack(setup: AuditSetup, plugin: LoadedPlugin, run: MethodRun | None, p
                                    tuple(reference_run(setup, g.model, "gold", identity, on) for g in setup.golds))
     original, golds = setup._attack_memo[key]
     unlearned = original if run is None else on(run.model, "unlearned")
+    if before is not None:
+        _check_untouched(setup, before, needs, where)
     return AttackResults(plugin, attack.hparams.as_dict(), unlearned, original, golds)
+
+
+def _reachable_tensors(setup: AuditSetup, needs: frozenset[str]) -> list[tuple[str, Any]]:
+    """The audit's own tensors plus, for an attack holding the shadow bank, the bank's data and pool."""
+    named = audit_tensors(setup)
+    if "shadows" in needs or "method" in needs:
+        bank = shadow_bank(setup)
+        for split in ("train", "val", "test"):
+            part = getattr(bank.data, split)
+            named += [(f"shadow bank data.{split}.x", part.x), (f"shadow bank data.{split}.y", part.y)]
+        named += [("shadow bank pool.x", bank.pool.x), ("shadow bank pool.y", bank.pool.y)]
+    return named
+
+
+def _check_untouched(setup: AuditSetup, before: AuditFingerprint, needs: frozenset[str], where: str) -> None:
+    """Raise if the attack changed anything it could reach; a tampered shadow bank is dropped (the next attack
+    gets a fresh one, built from the audit's data) so that nothing later uses it."""
+    changed = before.changed(_reachable_tensors(setup, needs))
+    if changed:
+        setup._bank = None
+        setup._attack_memo.clear()
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise PluginValidationError(f"{where} changed {shown} (reached through its declared services); plugins "
+                                    f"must not modify what they are given")

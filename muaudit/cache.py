@@ -21,8 +21,31 @@ import torch
 
 from muaudit.checkpoint import state_dict_sha256
 from muaudit.defaults import default_cache_dir
+from muaudit.errors import ConfigurationError
+from muaudit.files import publish
 
 CACHE_SCHEMA = 1
+
+
+def _default_origin() -> str:
+    return "$MUAUDIT_CACHE_DIR" if os.environ.get("MUAUDIT_CACHE_DIR") else "the default cache directory"
+
+
+def check_cache_dir(root: Path, origin: str) -> None:
+    """Fail early, with one line, when ``root`` cannot hold a cache: it (or the nearest existing folder above it,
+    where it will be created) must be a writable directory. Nothing is created here."""
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    problem = None
+    if existing == root and not root.is_dir():
+        problem = "not a directory"
+    elif not existing.is_dir():
+        problem = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "not writable" if existing == root else f"{existing} is not writable"
+    if problem is not None:
+        raise ConfigurationError(f"cannot use {root} as the model cache ({origin}): {problem}")
 
 
 class TensorCache:
@@ -30,6 +53,7 @@ class TensorCache:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        check_cache_dir(self.root, "--cache-dir" if root is not None else _default_origin())
 
     @staticmethod
     def key(config: Mapping[str, Any]) -> str:
@@ -76,7 +100,7 @@ class TensorCache:
         os.close(fd)
         try:
             save_file(contiguous, tmp, metadata={"muaudit_cache": json.dumps(header, sort_keys=True)})
-            os.replace(tmp, path)
+            publish(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

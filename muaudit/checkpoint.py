@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from muaudit.errors import CheckpointError
+from muaudit.files import publish
 
 FORMAT_VERSION = 1
 META_KEY = "muaudit_metadata"
@@ -58,9 +60,12 @@ def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -> str:
-    """Atomically write ``model``'s state dict and ``metadata`` to ``path``; returns the file's SHA-256."""
+    """Atomically write ``model``'s state dict and ``metadata`` to ``path``; returns the file's SHA-256.
+
+    A model with NaN or infinite weights is never written (:class:`CheckpointError`)."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    _check_finite(state, path)
     meta = json.dumps({"format_version": FORMAT_VERSION, **metadata}, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -72,7 +77,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, A
             save_file(state, tmp, metadata={META_KEY: meta})
         else:
             torch.save({"state_dict": state, META_KEY: meta}, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -80,8 +85,15 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, A
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint safely; raise :class:`CheckpointError` with one clear line on any problem."""
-    path = Path(path)
+    """Load a checkpoint safely; raise :class:`CheckpointError` with one clear line on any problem.
+
+    Warnings raised while reading (torch's, safetensors') are swallowed: a problem is one line, an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _load_checkpoint(Path(path))
+
+
+def _load_checkpoint(path: Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     sha = file_sha256(path)
@@ -93,7 +105,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if meta_text is not None:
         try:
             metadata = json.loads(meta_text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CheckpointError(f"{path}: metadata is not valid JSON") from None
         if not isinstance(metadata, dict):
             raise CheckpointError(f"{path}: metadata must be a JSON object, found {type(metadata).__name__}")
@@ -150,7 +162,7 @@ def _tensors_only(raw: Mapping[Any, Any], path: Path) -> dict[str, torch.Tensor]
 
 def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: parameter {name!r} contains NaN or infinite values")
 
 
@@ -167,5 +179,17 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"{source}: does not match the architecture ({name!r} has shape "
                                   f"{tuple(tensor.shape)}, expected {tuple(expected[name].shape)})")
-    model.load_state_dict(state, strict=True)
+        _check_dtype(name, tensor, expected[name], source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.load_state_dict(state, strict=True)
     return model
+
+
+def _check_dtype(name: str, tensor: torch.Tensor, expected: torch.Tensor, source: str) -> None:
+    """Refuse a value that loading would silently cast: integer, boolean or complex where the model holds
+    floats (or floats where it holds integers, such as BatchNorm's batch counter). Float precisions may differ."""
+    if tensor.is_complex() or tensor.is_floating_point() != expected.is_floating_point() or \
+            (tensor.dtype == torch.bool) != (expected.dtype == torch.bool):
+        raise CheckpointError(f"{source}: {name!r} holds {str(tensor.dtype).removeprefix('torch.')} values, "
+                              f"expected {str(expected.dtype).removeprefix('torch.')}")

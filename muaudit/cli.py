@@ -1,8 +1,10 @@
 """The ``muaudit`` command line: a thin shell over :mod:`muaudit.audit`.
 
-Exit codes (:class:`ExitCode`): 0 success; 1 reserved for failed regression gates; 2 a usage, task, data or
-checkpoint error; 3 a plugin error (unknown, duplicate, broken or contract-violating plugin); 4 an internal error.
-User errors print one line on stderr, never a traceback (``MUAUDIT_DEBUG=1`` shows it for internal errors).
+Exit codes (:class:`ExitCode`): 0 success; 1 reserved for failed regression gates; 2 a usage, task, data,
+checkpoint or output error; 3 a plugin error (unknown, duplicate, broken, failing or contract-violating plugin,
+named with its distribution; in ``compare``, any method that failed, reported after the others' results are
+written); 4 an internal error; 130 interrupted (Ctrl-C). User errors print one line on stderr, never a traceback
+(``MUAUDIT_DEBUG=1`` shows it for internal errors). A closed stdout (``muaudit ... | head``) ends quietly.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS
+from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS, MAX_GOLD_SEEDS
 
 
 class ExitCode(IntEnum):
@@ -25,6 +27,7 @@ class ExitCode(IntEnum):
     USAGE_ERROR = 2
     PLUGIN_ERROR = 3
     INTERNAL_ERROR = 4
+    INTERRUPTED = 130
 
 
 class _UsageError(Exception):
@@ -79,7 +82,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--model", help="checkpoint of the original model (default: train one for the task)")
     p.add_argument("--arch", help="architecture of a bare state dict given with --model")
-    p.add_argument("--gold-seeds", type=int, default=2, metavar="K", help="gold models to train (default 2)")
+    p.add_argument("--gold-seeds", type=int, default=2, metavar="K",
+                   help=f"gold models to train (default 2, at most {MAX_GOLD_SEEDS} unless $MUAUDIT_MAX_GOLD_SEEDS "
+                        "allows more)")
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a method hyperparameter (repeatable)")
     p.add_argument("--seed", type=int, help="method seed (default: derived from the task seed)")
@@ -176,13 +181,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MuauditError as exc:
         return _fail(str(exc), ExitCode(exc.exit_code))
     except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.USAGE_ERROR)
+        return _fail("interrupted", ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # the reader went away (``muaudit ... | head``): end quietly
+        _silence_stdout()
+        return ExitCode.OK
     except Exception as exc:  # an internal error: still one line unless debugging
         if os.environ.get("MUAUDIT_DEBUG"):
             traceback.print_exc()
         detail = str(exc).splitlines()[0] if str(exc) else ""
         return _fail(f"internal error: {type(exc).__name__}: {detail} (set MUAUDIT_DEBUG=1 for details)",
                      ExitCode.INTERNAL_ERROR)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _fail(message: str, code: ExitCode) -> int:
@@ -205,17 +222,13 @@ def _runtime(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from muaudit.audit import checkpoint_metadata, train_original
     from muaudit.shadows import ShadowBank
     from muaudit.checkpoint import save_checkpoint
     from muaudit.task import NAMED_TASKS
 
     cache, device = _runtime(args)
-    task = _task(args) or NAMED_TASKS["digits"]
-    if args.data_root is not None:
-        task = replace(task, dataset=replace(task.dataset, root=args.data_root))
+    task = (_task(args) or NAMED_TASKS["digits"]).with_data_root(args.data_root)
     data = task.dataset.load()
     task = task.materialise(data)
     trained = train_original(ShadowBank(task, data, cache, device, progress=not args.quiet))
@@ -231,8 +244,7 @@ def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
     from muaudit.audit import prepare
 
     gold_seeds = getattr(args, "gold_seeds", 1)
-    if gold_seeds < 1:
-        raise _UsageError("--gold-seeds must be at least 1")
+    _check_gold_seeds(gold_seeds)
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
@@ -287,7 +299,12 @@ def _report_signal(setup: Any, card: Any) -> None:
     """The signal line and any consistency warning, once, on stderr."""
     if card.signal is None:
         return
+    from muaudit.signal import too_few_examples
+
     print(f"muaudit: {card.signal['line']}", file=sys.stderr)
+    few = too_few_examples(len(setup.forget))
+    if few is not None:
+        print(f"muaudit: verdicts {few}", file=sys.stderr)
     for warning in card.signal["warnings"]:
         print(f"muaudit: warning: {warning}", file=sys.stderr)
 
@@ -311,11 +328,22 @@ def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
 
 def _check_audit_options(args: argparse.Namespace) -> None:
     """The audit options' usage errors, before any heavy import."""
-    if getattr(args, "gold_seeds", 1) < 1:
-        raise _UsageError("--gold-seeds must be at least 1")
+    _check_gold_seeds(getattr(args, "gold_seeds", 1))
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     _retain_sample(args)
+
+
+def _check_gold_seeds(count: int) -> None:
+    """``--gold-seeds`` lies in [1, the documented bound] (``$MUAUDIT_MAX_GOLD_SEEDS`` raises the bound)."""
+    from muaudit.defaults import max_gold_seeds
+
+    if count < 1:
+        raise _UsageError("--gold-seeds must be at least 1")
+    bound = max_gold_seeds()
+    if count > bound:
+        raise _UsageError(f"--gold-seeds {count} exceeds the bound of {bound} gold models (each is a full "
+                          "retrain); set MUAUDIT_MAX_GOLD_SEEDS to allow more")
 
 
 def _precheck_attacks(names: str, pairs: Sequence[str]) -> None:
@@ -367,6 +395,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.tune_budget is not None and not args.tuned:
         raise _UsageError("--tune-budget needs --tuned")
     _check_tune_options(args, budget)
+    _check_out_dir(args.out)
     from muaudit.audit import add_golds, build_scorecard, run_method
 
     plugin, params = _load_method(args.method, args.method_arg)
@@ -378,10 +407,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
            else run_method(setup, plugin, params, args.seed))
     card = build_scorecard(setup, run, attacks, args.challenge_models)
     _report_signal(setup, card)
-    if args.out:
-        _write_outputs(Path(args.out), {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()})
-    print(card.to_json() if args.json else card.to_text())
-    return ExitCode.OK
+    return _emit(card.to_json() if args.json else card.to_text(), args.out,
+                 {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()})
 
 
 def _split_prefixed(names: list[str], pairs: Sequence[str], form: str, option: str) -> dict[str, list[str]]:
@@ -419,26 +446,46 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.tune < 0:
         raise _UsageError(f"--tune must be 0 (off) or a budget of at least 1, got {args.tune}")
     _check_tune_options(args, args.tune or None)
+    _check_out_dir(args.out)
     from muaudit.audit import add_golds, build_scorecard, run_method
-    from muaudit.results import comparison_table
+    from muaudit.compare import compare_methods
 
     loaded = [_load_method(n, pairs[n]) for n in names]
     attacks = _load_attacks(args.attacks, args.attack_arg)
     setup = _setup(args, golds=False)  # tuning, if any, happens before the gold models exist
-    tuned = {p.spec.name: _tune_or_skip(setup, p, kw, args) for p, kw in loaded} if args.tune else {}
+    tuned: dict[str, Any] = {}
+    if args.tune:  # tuning failures are recorded per method below, like any other failure of that method
+        for plugin, kw in loaded:
+            try:
+                tuned[plugin.spec.name] = _tune_or_skip(setup, plugin, kw, args)
+            except Exception as exc:  # noqa: BLE001 - re-raised inside that method's own audit below
+                tuned[plugin.spec.name] = exc
     add_golds(setup, args.gold_seeds)
-    runs = [_tuned_run(setup, p, kw, tuned[p.spec.name], args.seed) if tuned.get(p.spec.name) is not None
-            else run_method(setup, p, kw, args.seed) for p, kw in loaded]
-    cards = [build_scorecard(setup, run, attacks, args.challenge_models) for run in runs]
-    _report_signal(setup, cards[0])
-    table = comparison_table(cards)
-    title = (f"# muaudit comparison on task {setup.task.name} [{setup.task.content_hash()[:12]}], "
-             f"{len(setup.golds)} gold model(s)\n\n")
-    if args.out:
-        payload = json.dumps([c.to_dict() for c in cards], indent=2, sort_keys=True, allow_nan=False)
-        _write_outputs(Path(args.out), {"comparison.json": payload, "comparison.md": title + table})
-    print(payload if args.json and args.out else (json.dumps([c.to_dict() for c in cards], indent=2)
-                                                   if args.json else title + table))
+
+    def audit_one(plugin: Any, kw: dict[str, Any]) -> Any:
+        result = tuned.get(plugin.spec.name)
+        if isinstance(result, Exception):
+            raise result
+        run = (_tuned_run(setup, plugin, kw, result, args.seed) if result is not None
+               else run_method(setup, plugin, kw, args.seed))
+        return build_scorecard(setup, run, attacks, args.challenge_models)
+
+    comparison = compare_methods(setup, loaded, audit_one)
+    if comparison.scorecards:
+        _report_signal(setup, comparison.scorecards[0])
+    for failure in comparison.failures:
+        print(f"muaudit: {failure.method} ({failure.distribution} {failure.version}) {failure.kind}: "
+              f"{failure.reason}", file=sys.stderr)
+    text = comparison.to_json() if args.json else comparison.to_markdown()
+    files = {"comparison.json": comparison.to_json(), "comparison.md": comparison.to_markdown()}
+    written = _emit(text, args.out, files)
+    if written != ExitCode.OK:
+        return written
+    if comparison.interrupted:
+        return _fail("interrupted; the scorecards computed before the interrupt were kept", ExitCode.INTERRUPTED)
+    if comparison.failures:
+        return _fail(f"{len(comparison.failures)} of {len(loaded)} method(s) failed (see above); the others' "
+                     f"results were kept", ExitCode.PLUGIN_ERROR)
     return ExitCode.OK
 
 
@@ -509,8 +556,37 @@ def _signal_text(task: Any, record: dict[str, Any] | None) -> str:
             f"(measured {record['measured']}, {record['gold_seeds']} gold seeds)")
 
 
+def _check_out_dir(out: str | None) -> None:
+    """``--out`` must be (or be creatable as) a writable directory: checked before any expensive work."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise _UsageError(f"--out {out}: exists and is not a directory")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise _UsageError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _UsageError(f"--out {out}: {existing} is not writable")
+
+
+def _emit(text: str, out: str | None, files: dict[str, str]) -> int:
+    """Write the result files (when ``--out`` is given), then print ``text``; if writing fails after all, the
+    result is still printed, then the failure is reported (exit 2): an audit's result is never lost."""
+    failure = None
+    if out:
+        try:
+            _write_outputs(Path(out), files)
+        except OSError as exc:
+            failure = f"could not write --out {out}: {exc.strerror or exc}; the result is printed above instead"
+    print(text)
+    return _fail(failure, ExitCode.USAGE_ERROR) if failure else ExitCode.OK
+
+
 def _write_outputs(directory: Path, files: dict[str, str]) -> None:
     """Write every file to a temporary name first, then rename all: no half-written output."""
+    from muaudit.files import publish
+
     directory.mkdir(parents=True, exist_ok=True)
     staged = []
     try:
@@ -520,7 +596,7 @@ def _write_outputs(directory: Path, files: dict[str, str]) -> None:
                 handle.write(text)
             staged.append((tmp, directory / name))
         for tmp, final in staged:
-            os.replace(tmp, final)
+            publish(tmp, final)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
@@ -534,15 +610,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     _precheck(METHODS, args.method, args.method_arg)
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
     _check_tune_options(args, budget)
+    _check_out_dir(args.out)
     plugin, params = _load_method(args.method, args.method_arg)
     from muaudit.tune import search_space
 
     search_space(plugin.cls, params, plugin.spec.describe())  # nothing to search: fail before any training
     result = _tune(_setup(args, golds=False), plugin, params, budget, args)
-    if args.out:
-        _write_outputs(Path(args.out), {"tune.json": result.to_json(), "tune.md": result.to_markdown()})
-    print(result.to_markdown())
-    return ExitCode.OK
+    return _emit(result.to_markdown(), args.out, {"tune.json": result.to_json(), "tune.md": result.to_markdown()})
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
@@ -552,11 +626,14 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     spec = resolve(METHODS, args.method)
     decl = declarations(spec)
     reason = None
-    if args.task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
-        from muaudit.presets import profile_of
-        from muaudit.task import resolve_task
+    if args.data_root is not None and args.task is None:
+        raise _UsageError("--data-root applies to the --task of describe; no --task was given")
+    from muaudit.task import resolve_task
 
-        task = resolve_task(args.task, args.data_root)
+    task = None if args.task is None else resolve_task(args.task, args.data_root)  # a bad --task is an error
+    if task is not None and decl.get("presets"):  # which preset 'auto' picks needs the task and the class
+        from muaudit.presets import profile_of
+
         data = task.dataset.load()
         reason = load(spec).cls.auto_preset(profile_of(task.materialise(data), data)).reason
     print(describe_method(spec.name, spec.dist, spec.version, decl, reason))

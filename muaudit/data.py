@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from muaudit.defaults import DATASETS
+from muaudit.defaults import DATASETS, ROOTLESS_DATASETS
 from muaudit.errors import DataError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -55,6 +55,10 @@ class Split:
         fine = None if self.fine is None else self.fine[idx]
         return Split(self.x[idx], self.y[idx], fine)
 
+    def clone(self) -> "Split":
+        """A private copy (new storage for every tensor)."""
+        return Split(self.x.clone(), self.y.clone(), None if self.fine is None else self.fine.clone())
+
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,6 +81,11 @@ class DataBundle:
     n_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def clone(self) -> "DataBundle":
+        """A private copy: no tensor shared with this bundle."""
+        return DataBundle(self.name, self.train.clone(), self.val.clone(), self.test.clone(), self.n_classes,
+                          self.mean, self.std)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -105,10 +114,14 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.2,
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if name in ROOTLESS_DATASETS and root is not None:
+        raise DataError(f"a dataset root ({root}) does not apply to {name!r}: it is bundled with scikit-learn")
     if name == "fashion-mnist" and root is None:  # resolved here so that the cache sees the real location
         root = os.environ.get("MUAUDIT_FASHION_MNIST_ROOT", FASHION_MNIST_ROOT)
     root = None if root is None else str(root)
-    return _load_cached(name, root, float(val_fraction), _file_stamp(root), train_subset)
+    # A private copy of the in-process memo: whatever one audit (or a plugin) does to its tensors cannot reach
+    # the next audit in this process.
+    return _load_cached(name, root, float(val_fraction), _file_stamp(root), train_subset).clone()
 
 
 def _file_stamp(root: str | None) -> tuple[int, int] | None:
@@ -173,6 +186,8 @@ def _write_decoded(key: dict[str, Any], bundle: DataBundle) -> None:
     import json
     import tempfile
 
+    from muaudit.files import publish
+
     arrays: dict[str, np.ndarray] = {"key": np.array(json.dumps(key, sort_keys=True, default=str)),
                                      "n_classes": np.array(bundle.n_classes), "mean": np.array(bundle.mean),
                                      "std": np.array(bundle.std)}
@@ -188,7 +203,7 @@ def _write_decoded(key: dict[str, Any], bundle: DataBundle) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError:
         pass
 
@@ -546,28 +561,22 @@ def _load_cifar100_family(root: str | None, coarse: bool) -> tuple[Split, Split,
 
 
 # -------------------------------------------------------------------------------------------------- npz
+#: Most classes an ``.npz`` data set may have (its labels must lie in ``[0, MAX_NPZ_CLASSES)``): a stray huge
+#: label would otherwise size the output layer.
+MAX_NPZ_CLASSES = 10_000
+
+
 def _load_npz(root: str | None) -> tuple[Split, Split, int]:
     """User arrays: ``x_train, y_train, x_test, y_test`` in one ``.npz`` (uint8 inputs are scaled by 1/255).
 
-    Inputs are ``(N, D)`` vectors, ``(N, H, W)`` grey images or ``(N, C, H, W)`` images.
+    Inputs are real numbers (integer, boolean or float arrays) of shape ``(N, D)`` vectors, ``(N, H, W)`` grey
+    images or ``(N, C, H, W)`` images; labels are integers in ``[0, MAX_NPZ_CLASSES)``. Arrays are read without
+    pickle; anything else is a :class:`DataError`.
     """
     if root is None or not Path(root).is_file():
         raise DataError(f"npz dataset file not found: {root}")
-    try:
-        loaded = np.load(root, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read {root}: {exc}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(f"{root} holds a single array, not an .npz archive of x_train, y_train, x_test, y_test")
-    with loaded as arrays:
-        missing = [k for k in NPZ_KEYS if k not in arrays.files]
-        if missing:
-            raise DataError(f"{root} lacks the array {missing[0]!r} (need {', '.join(NPZ_KEYS)})")
-        try:
-            parts = {k: arrays[k] for k in NPZ_KEYS}
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"cannot read {root}: {exc}") from None
-    splits = [_npz_split(parts[f"x_{p}"], parts[f"y_{p}"], root) for p in ("train", "test")]
+    parts = _read_npz_arrays(root)
+    splits = [_npz_split(parts[f"x_{p}"], parts[f"y_{p}"], root, p) for p in ("train", "test")]
     if splits[0].x.shape[1:] != splits[1].x.shape[1:]:
         raise DataError(f"{root}: x_train and x_test differ in example shape "
                         f"({tuple(splits[0].x.shape[1:])} vs {tuple(splits[1].x.shape[1:])})")
@@ -575,18 +584,51 @@ def _load_npz(root: str | None) -> tuple[Split, Split, int]:
     return splits[0], splits[1], n_classes
 
 
-def _npz_split(x: np.ndarray, y: np.ndarray, path: str) -> Split:
+def _read_npz_arrays(root: str) -> dict[str, np.ndarray]:
+    """The four arrays of an ``.npz`` file; a corrupt archive or a pickled array is a :class:`DataError`."""
+    import zipfile
+
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError,
+                  MemoryError)
+    try:
+        loaded = np.load(root, allow_pickle=False)
+    except unreadable as exc:
+        raise DataError(f"cannot read {root}: {_first_line(exc)}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{root} holds a single array, not an .npz archive of x_train, y_train, x_test, y_test")
+    with loaded as arrays:
+        missing = [k for k in NPZ_KEYS if k not in arrays.files]
+        if missing:
+            raise DataError(f"{root} lacks the array {missing[0]!r} (need {', '.join(NPZ_KEYS)})")
+        try:
+            return {k: arrays[k] for k in NPZ_KEYS}
+        except unreadable as exc:
+            raise DataError(f"cannot read {root}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _npz_split(x: np.ndarray, y: np.ndarray, path: str, part: str = "train") -> Split:
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: x_{part} must hold real numbers, found dtype {x.dtype}")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{path}: y_{part} must hold integers (class labels), found dtype {y.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim not in (2, 4) or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{path}: expected x of shape (N, D), (N, H, W) or (N, C, H, W) and y of shape (N,)")
-    if len(y) == 0:
+    if len(y) == 0 or 0 in x.shape[1:]:
         raise DataError(f"{path}: a split is empty")
-    if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
-        raise DataError(f"{path}: labels must be non-negative integers")
-    scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if (y < 0).any() or (y >= MAX_NPZ_CLASSES).any():
+        raise DataError(f"{path}: labels must be non-negative integers below {MAX_NPZ_CLASSES}, "
+                        f"found {int(y.min()) if (y < 0).any() else int(y.max())}")
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, rejected below
+        scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     if not np.isfinite(scaled).all():
-        raise DataError(f"{path}: inputs contain NaN or infinite values")
+        raise DataError(f"{path}: inputs contain NaN or infinite values (or values beyond float32)")
     return _split(scaled, y.astype(np.int64))
 
 

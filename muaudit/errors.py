@@ -28,14 +28,22 @@ class ParameterError(MuauditError, ValueError):
     """A hyperparameter is unknown or violates its declared constraint."""
 
 
-class UndeclaredDataError(MuauditError):
-    """A method reached for data it did not declare that it needs."""
+class ConfigurationError(MuauditError):
+    """A run setting is unusable: an unknown or unavailable device, an unwritable cache directory, a limit."""
+
+
+class TrainingError(MuauditError):
+    """Training with the task's recipe produced NaN or infinite weights (the recipe is the likely cause)."""
 
 
 class PluginError(MuauditError):
-    """Base class of plugin discovery and loading errors."""
+    """Base class of plugin errors: discovery, loading, contract violations and failures (exit 3)."""
 
     exit_code = 3
+
+
+class UndeclaredDataError(PluginError):
+    """A plugin reached for data it did not declare that it needs (a contract violation: exit 3)."""
 
 
 class UnknownPluginError(PluginError):
@@ -52,3 +60,7 @@ class PluginLoadError(PluginError):
 
 class PluginValidationError(PluginError):
     """A plugin does not satisfy the method or attack contract."""
+
+
+class PluginFailure(PluginError):
+    """Plugin code raised (or called ``sys.exit``) in one of its hooks; the message names the plugin and hook."""

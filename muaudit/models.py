@@ -7,6 +7,7 @@ each one with the task's recipe and caches it content-addressed.
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -27,6 +28,7 @@ from muaudit.timing import PhaseTimer
 from muaudit.defaults import DEFAULT_RETAIN_SAMPLE
 from muaudit.outputs import OutputStore, indices_digest, retain_sample
 from muaudit.training import derive_seed, fresh_model
+from muaudit.zoo import check_statistics
 
 
 @dataclass(frozen=True)
@@ -156,21 +158,45 @@ def train_golds(bank: ShadowBank, count: int) -> list[TrainedModel]:
 
 def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | None,
                              data_root: str | None) -> tuple[Task, dict[str, Any]]:
-    """Resolve the task of a checkpoint: its own metadata, or ``task``/``arch`` for a bare state dict."""
+    """Resolve the task of a checkpoint: its own metadata, or ``task``/``arch`` for a bare state dict.
+
+    The recorded source names the file and its SHA-256, not the path as typed, so the scorecard does not depend
+    on the working directory."""
+    record = {"kind": "checkpoint", "file": Path(ckpt.path).name, "sha256": ckpt.sha256}
     if ckpt.metadata is not None and "task" in ckpt.metadata:
-        own = Task.from_dict(ckpt.metadata["task"])
-        if data_root is not None:
-            own = replace(own, dataset=replace(own.dataset, root=data_root))
+        own = _checkpoint_task(ckpt).with_data_root(data_root)
         if task is not None and spec_key(task) != spec_key(own):
             raise TaskError(f"{ckpt.path} was trained on task {own.name!r}, which differs from the --task given")
         if arch is not None and arch != own.model.arch:
             raise CheckpointError(f"{ckpt.path} holds a {own.model.arch!r} model, not {arch!r}")
-        return own, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": False}
+        return own, {**record, "bare": False}
     if task is None:
         raise CheckpointError(f"{ckpt.path} is a bare state dict without muaudit metadata: pass --task (and --arch)")
     if arch is not None:
         task = replace(task, model=ModelSpec(arch, task.model.options))
-    return task, {"kind": "checkpoint", "path": ckpt.path, "sha256": ckpt.sha256, "bare": True}
+    return task.with_data_root(data_root), {**record, "bare": True}
+
+
+def _checkpoint_task(ckpt: Checkpoint) -> Task:
+    """The task in a checkpoint's metadata, valid and matching the metadata's ``task_hash`` (when recorded)."""
+    meta = ckpt.metadata or {}
+    try:
+        task = Task.from_dict(meta["task"])
+    except TaskError as exc:
+        raise CheckpointError(f"{ckpt.path}: the task in its metadata is invalid: {exc}") from None
+    if "task_hash" not in meta:
+        return task
+    recorded = meta["task_hash"]
+    if not isinstance(recorded, str):
+        raise CheckpointError(f"{ckpt.path}: metadata task_hash must be a string, got {type(recorded).__name__}")
+    if not task.is_materialised:
+        raise CheckpointError(f"{ckpt.path}: metadata records a task_hash but its task has no forget indices "
+                              "and data fingerprint to hash")
+    actual = task.content_hash()
+    if recorded != actual:
+        raise CheckpointError(f"{ckpt.path}: metadata task_hash {recorded[:12]} does not match the hash of its "
+                              f"task ({actual[:12]}); the metadata was altered or is corrupt")
+    return task
 
 
 def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None = None,
@@ -191,16 +217,17 @@ def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None =
     source: dict[str, Any] = {"kind": "trained"}
     if ckpt is not None:
         task, source = original_from_checkpoint(ckpt, task, arch, data_root)
-    task = task or NAMED_TASKS["digits"]
-    if data_root is not None:
-        task = replace(task, dataset=replace(task.dataset, root=data_root))
+    else:
+        task = (task or NAMED_TASKS["digits"]).with_data_root(data_root)
     with timer("data_load"):
         data = task.dataset.load()
         task = task.materialise(data)
     bank = ShadowBank(task, data, cache, device, progress=progress)
     with timer("original"):
         if ckpt is not None:
-            original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path).to(device).eval()
+            original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path)
+            check_statistics(original, ckpt.path)
+            original = original.to(device).eval()
         else:
             trained = train_original(bank)
             original = trained.model

@@ -17,7 +17,9 @@ _CLOSED = ("both", "left", "right", "neither")
 
 @dataclass(frozen=True)
 class Interval:
-    """A numeric range; ``None`` bounds are open-ended."""
+    """A numeric range; ``None`` bounds are open-ended and admit finite values only (``lr=inf`` is not "in the
+    range (0, inf)"); a parameter that gives infinity a meaning declares the infinite bound, e.g.
+    ``Interval(0, math.inf)``."""
 
     low: float | None = None
     high: float | None = None
@@ -34,7 +36,8 @@ class Interval:
             raise ParameterError(f"Interval {self} is empty")
 
     def contains(self, value: float) -> bool:
-        if isinstance(value, float) and math.isnan(value):
+        if isinstance(value, float) and (math.isnan(value) or (value == math.inf and self.high is None)
+                                         or (value == -math.inf and self.low is None)):
             return False
         low_ok = self.low is None or value > self.low or (value == self.low and self.closed in ("both", "left"))
         high_ok = self.high is None or value < self.high or (value == self.high and self.closed in ("both", "right"))

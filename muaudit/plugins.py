@@ -105,8 +105,9 @@ def load(spec: PluginSpec) -> LoadedPlugin:
     """Import ``spec`` and validate it against its group's contract."""
     try:
         obj = spec.entry_point.load()
-    except Exception as exc:  # any failure inside third-party import code is that plugin's fault
-        raise PluginLoadError(f"muaudit failed to load {spec.describe()}: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # any failure inside third-party import code is that plugin's fault
+        raise PluginLoadError(f"muaudit failed to load {spec.describe()}: {type(exc).__name__}: "
+                              f"{_first_line(exc)}") from None
     validate_plugin(spec, obj)
     return LoadedPlugin(spec, obj)
 
@@ -135,8 +136,14 @@ def validate_plugin(spec: PluginSpec, obj: Any) -> None:
                                         f"(known: {', '.join(DATA_NEEDS)})")
     try:
         obj()
-    except Exception as exc:
-        raise PluginValidationError(f"{where} cannot be built with its default parameters: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        raise PluginValidationError(f"{where} cannot be built with its default parameters: {type(exc).__name__}: "
+                                    f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 # ------------------------------------------------------------------------------------------ declarations
@@ -218,11 +225,13 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     import json
     import tempfile
 
+    from muaudit.files import publish
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, sort_keys=True)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError:
         pass

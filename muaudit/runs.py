@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -18,10 +18,13 @@ from torch import nn
 from muaudit.base import MethodContext, MethodData, UnlearningMethod
 from muaudit.checkpoint import load_into
 from muaudit.data import Split
-from muaudit.errors import CheckpointError, PluginValidationError
+from muaudit.errors import CheckpointError, ParameterError, PluginValidationError
 from muaudit.models import AuditSetup
 from muaudit.plugins import LoadedPlugin
-from muaudit.training import derive_seed, fresh_model
+from muaudit.presets import TaskProfile
+from muaudit.seal import clone_split, clone_tensors, plugin_call, report_mutation, split_changes, tensors_changes
+from muaudit.task import Recipe
+from muaudit.training import ModelFactory, derive_seed
 
 
 # ------------------------------------------------------------------------------------ method runs
@@ -39,12 +42,48 @@ class MethodRun:
     tuning: dict[str, Any] | None = None  # set when the parameters came from muaudit.tune (its summary)
 
 
-def method_context(setup: AuditSetup, seed: int, label: str | None) -> MethodContext:
-    task, data = setup.task, setup.data
-    return MethodContext(device=setup.device, seed=seed, recipe=task.recipe, n_classes=data.n_classes,
-                         input_shape=data.input_shape,
-                         fresh_model=lambda s: fresh_model(task, data, s).to(setup.device),
-                         progress=label if setup.progress else None, task=setup.profile)
+@dataclass(frozen=True)
+class MethodEnvironment:
+    """What any method of an audit may be handed besides its declared data: no training set, no models.
+
+    ``validation`` is the audit's validation split, copied for each method that declares it.
+    """
+
+    device: torch.device
+    recipe: Recipe
+    n_classes: int
+    input_shape: tuple[int, ...]
+    factory: ModelFactory
+    profile: TaskProfile
+    validation: Split
+    progress: bool = False
+
+    @classmethod
+    def of(cls, setup: AuditSetup) -> "MethodEnvironment":
+        task, data = setup.task, setup.data
+        return cls(setup.device, task.recipe, data.n_classes, tuple(data.input_shape),
+                   ModelFactory.of(task, data, setup.device), setup.profile, data.val, setup.progress)
+
+
+def method_context(setup: AuditSetup | MethodEnvironment, seed: int, label: str | None) -> MethodContext:
+    """The :class:`MethodContext` of one run: ``fresh_model`` builds the architecture and holds no data."""
+    env = setup if isinstance(setup, MethodEnvironment) else MethodEnvironment.of(setup)
+    return MethodContext(device=env.device, seed=seed, recipe=env.recipe, n_classes=env.n_classes,
+                         input_shape=env.input_shape, fresh_model=env.factory,
+                         progress=label if env.progress else None, task=env.profile)
+
+
+def instantiate(plugin: LoadedPlugin, params: dict[str, Any], profile: TaskProfile | None) -> UnlearningMethod:
+    """The method with ``params``, its pending preset resolved for ``profile``.
+
+    Plugin code runs here, so it is guarded; a :class:`~muaudit.errors.ParameterError` stays the caller's (a bad
+    value given by the user, exit 2).
+    """
+    where = plugin.spec.describe()
+    with plugin_call(where, "__init__", passthrough=(ParameterError,)):
+        method: UnlearningMethod = plugin.cls(**params)
+    with plugin_call(where, "auto_preset", passthrough=(ParameterError,)):
+        return method.for_task(profile)
 
 
 def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlugin,
@@ -55,36 +94,72 @@ def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlug
     hit = setup.cache.get(config)
     if hit is not None:
         return hit[0], 0.0
+    where = plugin.spec.describe()
+    train = clone_split(setup.train)
     start = time.perf_counter()
-    stats = method.compute_train_stats(copy.deepcopy(setup.original), setup.train, ctx)
+    with plugin_call(where, "compute_train_stats", passthrough=(ParameterError,)):
+        stats = method.compute_train_stats(copy.deepcopy(setup.original), train, ctx)
     seconds = time.perf_counter() - start
+    report_mutation(where, split_changes("train", train, setup.train))
+    if not isinstance(stats, Mapping) or not all(isinstance(v, torch.Tensor) for v in stats.values()):
+        raise PluginValidationError(f"{where}: compute_train_stats must return a dict of tensors, got "
+                                    f"{type(stats).__name__}")
     setup.cache.put(config, stats, {"seconds": seconds})
-    return stats, seconds
+    return {k: v.detach().cpu().clone() for k, v in stats.items()}, seconds
 
 
 def run_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], seed: int | None = None
                ) -> MethodRun:
-    """Apply the method to a private copy of the original model, with only the data it declared.
+    """Apply the method to a private copy of the original model, with private copies of the data it declared.
 
-    A ``preset="auto"`` default is resolved for the task first, so the run records concrete values.
+    A ``preset="auto"`` default is resolved for the task first, so the run records concrete values. Whatever the
+    plugin raises (``sys.exit`` included) is a :class:`~muaudit.errors.PluginFailure` naming it; modifying its
+    inputs in place is a :class:`~muaudit.errors.PluginValidationError` (both exit 3).
     """
-    method: UnlearningMethod = plugin.cls(**params).for_task(setup.profile)
+    where = plugin.spec.describe()
+    method = instantiate(plugin, params, setup.profile)
     seed = derive_seed(setup.task.seed, "method") if seed is None else seed
     ctx = method_context(setup, seed, plugin.spec.name)
     needs = plugin.cls.needs
     stats, stats_seconds = (_train_stats(setup, method, plugin, ctx) if "train_stats" in needs else (None, 0.0))
-    data = MethodData(plugin.spec.name, setup.forget,
-                      retain=setup.retain if "retain" in needs else None,
-                      validation=setup.data.val if "validation" in needs else None,
-                      train_stats=stats)
+    given = _declared_data(setup, needs, stats)
+    data = MethodData(plugin.spec.name, given["forget"], retain=given.get("retain"),
+                      validation=given.get("validation"), train_stats=given.get("train_stats"))
     model = copy.deepcopy(setup.original).to(setup.device)
     torch.manual_seed(derive_seed(seed, "torch"))
     start = time.perf_counter()
-    result = method.unlearn(model, data, ctx)
+    with plugin_call(where, "unlearn", passthrough=(ParameterError,)):  # a value the user gave does not fit
+        result = method.unlearn(model, data, ctx)
     seconds = time.perf_counter() - start
+    report_mutation(where, _declared_changes(setup, given, stats))
     _check_result(plugin, setup.original, result)
     return MethodRun(result.eval(), plugin, method.hparams.as_dict(), seed, seconds, stats_seconds,
                      _preset_info(method, params))
+
+
+def _declared_data(setup: AuditSetup, needs: frozenset[str], stats: Mapping[str, torch.Tensor] | None
+                   ) -> dict[str, Any]:
+    """Private copies of the forget set and of every declared item."""
+    given: dict[str, Any] = {"forget": clone_split(setup.forget)}
+    if "retain" in needs:
+        given["retain"] = clone_split(setup.retain)
+    if "validation" in needs:
+        given["validation"] = clone_split(setup.data.val)
+    if stats is not None:
+        given["train_stats"] = clone_tensors(stats)
+    return given
+
+
+def _declared_changes(setup: AuditSetup, given: dict[str, Any], stats: Mapping[str, torch.Tensor] | None
+                      ) -> list[str]:
+    changed = split_changes("data.forget", given["forget"], setup.forget)
+    if "retain" in given:
+        changed += split_changes("data.retain", given["retain"], setup.retain)
+    if "validation" in given:
+        changed += split_changes("data.validation", given["validation"], setup.data.val)
+    if stats is not None:
+        changed += tensors_changes("data.train_stats", given["train_stats"], stats)
+    return changed
 
 
 def _preset_info(method: UnlearningMethod, given: dict[str, Any]) -> dict[str, Any] | None:
@@ -118,27 +193,33 @@ class ShadowUnlearner:
     derived from the shadow's. ``label`` identifies the method and its settings in cache keys.
     """
 
-    def __init__(self, setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], seed: int) -> None:
-        self.setup, self.plugin, self.params, self.seed = setup, plugin, dict(params), seed
-        method = plugin.cls(**params).for_task(setup.profile)
+    def __init__(self, setup: AuditSetup | MethodEnvironment, plugin: LoadedPlugin, params: dict[str, Any],
+                 seed: int) -> None:
+        self.env = setup if isinstance(setup, MethodEnvironment) else MethodEnvironment.of(setup)
+        self.plugin, self.params, self.seed = plugin, dict(params), seed
+        method = instantiate(plugin, params, self.env.profile)
         self.label = {"method": plugin.spec.qualified_name, "version": plugin.spec.version,
                       "params": method.hparams.as_dict(), "seed": seed}
 
     def unlearn(self, model: nn.Module, pool: Split, train_idx: np.ndarray, forget_idx: np.ndarray,
                 shadow_seed: int) -> nn.Module:
-        setup, needs = self.setup, self.plugin.cls.needs
-        method: UnlearningMethod = self.plugin.cls(**self.params).for_task(setup.profile)
+        env, needs, where = self.env, self.plugin.cls.needs, self.plugin.spec.describe()
+        method = instantiate(self.plugin, self.params, env.profile)
         seed = derive_seed(self.seed, "shadow", shadow_seed)
-        ctx = method_context(setup, seed, None)
+        ctx = method_context(env, seed, None)
         train_idx, forget_idx = np.array(train_idx, dtype=np.int64), np.array(forget_idx, dtype=np.int64)
         retain_idx = np.setdiff1d(train_idx, forget_idx)
-        stats = (method.compute_train_stats(copy.deepcopy(model), pool.subset(train_idx), ctx)
-                 if "train_stats" in needs else None)
+        stats = None
+        if "train_stats" in needs:
+            with plugin_call(where, "compute_train_stats"):
+                stats = method.compute_train_stats(copy.deepcopy(model), pool.subset(train_idx), ctx)
         data = MethodData(self.plugin.spec.name, pool.subset(forget_idx),
                           retain=pool.subset(retain_idx) if "retain" in needs else None,
-                          validation=setup.data.val if "validation" in needs else None, train_stats=stats)
-        model = copy.deepcopy(model).to(setup.device)
+                          validation=clone_split(env.validation) if "validation" in needs else None,
+                          train_stats=stats)
+        private = copy.deepcopy(model).to(env.device)
         torch.manual_seed(derive_seed(seed, "torch"))
-        result = method.unlearn(model, data, ctx)
+        with plugin_call(where, "unlearn"):
+            result = method.unlearn(private, data, ctx)
         _check_result(self.plugin, model, result)
         return result.eval()

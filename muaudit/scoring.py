@@ -317,7 +317,8 @@ def assemble_scorecard(setup: AuditSetup, run: MethodRun, results: Sequence[Atta
         readouts += extra
     with timer("signal_and_verdicts"):
         signal = signal_section(setup, o, golds, results)
-        verdicts, verdict_summary = apply_signal(streisand_verdicts(setup, u, o, golds, results), signal)
+        verdicts, verdict_summary = apply_signal(streisand_verdicts(setup, u, o, golds, results), signal,
+                                                   n_forget=len(u.forget_labels))
     return Scorecard(
         method=_method_info(run), task=_task_info(setup.task), readouts=tuple(readouts),
         attacks=tuple(_attack_report(res) for res in results),

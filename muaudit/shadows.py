@@ -29,8 +29,9 @@ from muaudit.cache import TensorCache
 from muaudit.checkpoint import load_into
 from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError
+from muaudit.locks import entry_locks
 from muaudit.task import Task
-from muaudit.training import fresh_model, predict_logits, train_from_scratch
+from muaudit.training import check_trained, fresh_model, predict_logits, train_from_scratch
 from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
 
 BANK_SCHEMA = 1
@@ -112,7 +113,9 @@ class ShadowBank:
             raise ValueError(f"vectorise must be one of {', '.join(VECTORISE_MODES)}, got {vectorise!r}")
         if chunk < 1:
             raise ValueError(f"chunk must be positive, got {chunk}")
-        self.task, self.data, self.cache, self.device = task, data, cache, device
+        # The bank's own copy of the data: an attack that declared "shadows" reaches the bank, and must not be able
+        # to reach the audit's data through it.
+        self.task, self.data, self.cache, self.device = task, data.clone(), cache, device
         self.progress, self.chunk = progress, chunk
         train = task.training_split(data)
         fine = None if train.fine is None or data.test.fine is None else torch.cat([train.fine, data.test.fine])
@@ -173,7 +176,14 @@ class ShadowBank:
                 misses[key] = request
             else:
                 found[key] = model
-        found.update(zip(misses, self._train(list(misses.values()), trainer)))
+        if misses:  # another process may be training the same models: wait for it, then reuse its work
+            with entry_locks(self.cache.root, misses):
+                for key, request in list(misses.items()):
+                    model = self._load(request, trainer)
+                    if model is not None:
+                        found[key] = model
+                        del misses[key]
+                found.update(zip(misses, self._train(list(misses.values()), trainer)))
         out, seen = [], set()
         for request in requests:  # a request given twice gets two independent modules
             key = self.cache.key(self.model_config(request, trainer))
@@ -292,6 +302,7 @@ class ShadowBank:
         from muaudit.audit import versions  # imported here: muaudit.audit imports this module lazily too
 
         for request, model, own in zip(requests, models, seconds):
+            check_trained(model, self.task, f"{request.role} model (seed {request.seed})")
             self.cache.put(self.model_config(request, trainer), model.state_dict(), {
                 "count": int(len(request.indices)), "indices_sha256": _indices_sha256(request.indices),
                 "trainer": trainer, "train_seconds": own, "batch_seconds": total,

@@ -133,8 +133,28 @@ def signal_check(verdict: Verdict) -> SignalCheck:
                        snr, verdict.verdict != ALIGNED, "original: " + verdict.evidence)
 
 
-def apply_signal(verdicts: Sequence[Verdict], signal: Signal) -> tuple[list[Verdict], str]:
-    """The verdicts with ``undetermined`` where the task gives no contrast (module docstring), and the summary."""
+#: Below this many forget examples no verdict is given: a bootstrap interval from so few examples is too narrow
+#: (from one example it has zero width) to separate a method from the gold band. With 20 examples the percentile
+#: bootstrap of a mean covers close to its nominal level; Clopper-Pearson stays valid, but every check is treated
+#: alike so that a scorecard never mixes confident and unsupported verdicts.
+MIN_VERDICT_EXAMPLES = 20
+
+
+def too_few_examples(n_forget: int) -> str | None:
+    """The reason verdicts are withheld for a forget set of ``n_forget`` examples, or ``None``."""
+    if n_forget >= MIN_VERDICT_EXAMPLES:
+        return None
+    return (f"undetermined (too few examples): the forget set has {n_forget} example(s), fewer than the "
+            f"{MIN_VERDICT_EXAMPLES} a verdict needs")
+
+
+def apply_signal(verdicts: Sequence[Verdict], signal: Signal, n_forget: int | None = None
+                 ) -> tuple[list[Verdict], str]:
+    """The verdicts with ``undetermined`` where the task gives no contrast (module docstring) or the forget set
+    is smaller than :data:`MIN_VERDICT_EXAMPLES`, and the summary."""
+    few = None if n_forget is None else too_few_examples(n_forget)
+    if few is not None:
+        return [_undetermined(v, few) for v in verdicts], UNDETERMINED
     if not signal.detectable:
         out = [_undetermined(v, NO_SIGNAL) for v in verdicts]
         return out, UNDETERMINED

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from muaudit.defaults import DATASETS
+from muaudit.defaults import DATASETS, ROOTLESS_DATASETS
 from muaudit.errors import TaskError
 
 if TYPE_CHECKING:  # the data module imports torch; tasks are plain values the CLI lists without it
@@ -33,6 +33,11 @@ FORGET_KINDS = ("full-class", "sub-class", "random", "class-subset", "indices", 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 AUGMENTATIONS = ("none", "crop-flip")
+#: Recipe ranges. A learning rate above 10 or a weight decay above 1 only ever diverges (SGD and Adam on
+#: cross-entropy); the integer bounds keep a typo from starting a practically endless run.
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 1.0
+RECIPE_INT_RANGES = {"epochs": (1, 10_000), "batch_size": (1, 1_000_000)}
 
 
 def _float_fields(spec: object, names: tuple[str, ...]) -> None:
@@ -68,6 +73,19 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         _float_fields(self, ("val_fraction",))
+
+    def validate(self) -> None:
+        """Check the fields' types and ranges."""
+        _check_type("dataset name", self.name, str)
+        _check_type("dataset root", self.root, str, optional=True)
+        _check_type("dataset val_fraction", self.val_fraction, float)
+        _check_type("dataset train_subset", self.train_subset, int, optional=True)
+        if self.name not in DATASETS:
+            raise TaskError(f"unknown dataset {self.name!r} (known: {', '.join(DATASETS)})")
+        if not 0.0 <= self.val_fraction < 1.0:  # also rejects NaN
+            raise TaskError(f"dataset val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.train_subset is not None and self.train_subset < 2:
+            raise TaskError(f"dataset train_subset must be at least 2, got {self.train_subset}")
 
     def load(self) -> DataBundle:
         from muaudit.data import load_dataset
@@ -135,16 +153,22 @@ class Recipe:
         _float_fields(self, ("lr", "momentum", "weight_decay"))
 
     def validate(self) -> None:
+        """Check every field's type and range, so that a recipe that cannot train fails before any training."""
         for name in ("epochs", "batch_size"):
             _check_type(f"recipe {name}", getattr(self, name), int)
         for name in ("lr", "momentum", "weight_decay"):
             _check_type(f"recipe {name}", getattr(self, name), float)
         for name in ("optimizer", "schedule", "augment"):
             _check_type(f"recipe {name}", getattr(self, name), str)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TaskError("recipe epochs and batch_size must be positive")
-        if not self.lr > 0:
-            raise TaskError(f"recipe lr must be positive, got {self.lr}")
+        for name, (low, high) in RECIPE_INT_RANGES.items():
+            if not low <= getattr(self, name) <= high:
+                raise TaskError(f"recipe {name} must be between {low} and {high}, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and 0.0 < self.lr <= MAX_LR):
+            raise TaskError(f"recipe lr must be positive and finite (at most {MAX_LR:g}), got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:  # also rejects NaN
+            raise TaskError(f"recipe momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.weight_decay <= MAX_WEIGHT_DECAY:
+            raise TaskError(f"recipe weight_decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise TaskError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         if self.schedule not in SCHEDULES:
@@ -172,25 +196,56 @@ class Task:
     def is_materialised(self) -> bool:
         return self.forget_indices is not None and self.data_fingerprint is not None
 
+    def validate(self) -> None:
+        """Check every setting's type and range (not yet against the data: see :meth:`materialise`)."""
+        _check_type("task name", self.name, str)
+        _check_type("task seed", self.seed, int)
+        if self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise TaskError(f"task seed must be a non-negative integer, got {self.seed}")
+        _check_type("data_fingerprint", self.data_fingerprint, str, optional=True)
+        self.dataset.validate()
+        _check_type("model arch", self.model.arch, str)
+        self.forget.validate()
+        self.recipe.validate()
+        if self.poison_labels is not None and self.forget.kind != "label-flip":
+            raise TaskError(f"poison_labels are given but the forget kind is {self.forget.kind!r}, not 'label-flip'")
+        if self.poison_labels is not None and self.forget_indices is None:
+            raise TaskError("poison_labels are given without the forget_indices they belong to")
+
     def materialise(self, data: DataBundle) -> "Task":
         """Return this task with forget indices drawn (once) and the data fingerprint recorded.
 
-        An already materialised task is checked against ``data`` instead: a changed data set is an error.
+        Explicit ``forget_indices`` are honoured, never redrawn: with a ``data_fingerprint`` the data must match
+        it (a changed data set is an error); without one they are checked against ``data`` and the fingerprint is
+        recorded. A ``data_fingerprint`` without indices must match ``data`` too. Poison labels are checked
+        against the class count.
         """
+        self.validate()
         fingerprint = data.fingerprint()
-        if self.is_materialised:
-            if self.data_fingerprint != fingerprint:
-                raise TaskError(
-                    f"task {self.name!r} was materialised on different data (fingerprint "
-                    f"{str(self.data_fingerprint)[:12]} != {fingerprint[:12]}); the dataset changed"
-                )
-            validate_forget_indices(self.forget_indices or (), len(data.train))
-            return self
-        self.recipe.validate()
-        self.forget.validate()
-        indices = draw_forget_indices(self.forget, data.train, self.seed, self.dataset.name)
-        poison = draw_poison_labels(self.forget, data.train.y.numpy()[list(indices)], data.n_classes, self.seed)
+        if self.data_fingerprint is not None and self.data_fingerprint != fingerprint:
+            raise TaskError(
+                f"task {self.name!r} was materialised on different data (fingerprint "
+                f"{str(self.data_fingerprint)[:12]} != {fingerprint[:12]}); the dataset changed"
+            )
+        if self.forget_indices is not None:
+            validate_forget_indices(self.forget_indices, len(data.train))
+            indices = self.forget_indices
+        else:
+            indices = draw_forget_indices(self.forget, data.train, self.seed, self.dataset.name)
+        poison = self.poison_labels
+        if poison is None:
+            poison = draw_poison_labels(self.forget, data.train.y.numpy()[list(indices)], data.n_classes, self.seed)
+        validate_poison_labels(poison, len(indices), data.n_classes)
         return replace(self, forget_indices=indices, data_fingerprint=fingerprint, poison_labels=poison)
+
+    def with_data_root(self, root: str | None) -> "Task":
+        """This task with its dataset root overridden (``--data-root``); an error where a root does not apply."""
+        if root is None:
+            return self
+        if self.dataset.name in ROOTLESS_DATASETS:
+            raise TaskError(f"--data-root does not apply to task {self.name!r}: its dataset "
+                            f"{self.dataset.name!r} is bundled with scikit-learn and has no root")
+        return replace(self, dataset=replace(self.dataset, root=str(root)))
 
     def training_split(self, data: DataBundle) -> Split:
         """The training set D the original model learns from: ``data.train``, with flipped labels if poisoned."""
@@ -241,24 +296,12 @@ class Task:
     def from_file(cls, path: str | Path) -> "Task":
         """Read a task from a ``.toml`` or ``.json`` file."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise TaskError(f"task file not found: {path}") from None
-        except OSError as exc:
-            raise TaskError(f"cannot read task file {path}: {exc}") from None
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise TaskError(f"cannot parse task file {path}: {exc}") from None
+        raw = _parse_task_text(_read_task_text(path), path)
         try:
             task = cls.from_dict(raw)
         except TaskError as exc:
             raise TaskError(f"{path}: {exc}") from None
-        if task.forget.kind == "indices" and task.forget.path and not Path(task.forget.path).is_absolute():
-            forget = replace(task.forget, path=str(path.parent / task.forget.path))
-            task = replace(task, forget=forget)
-        return task
+        return _relative_to(task, path.parent)
 
     def to_toml(self) -> str:
         """A TOML rendering of this task (materialised indices included when present)."""
@@ -280,6 +323,41 @@ class Task:
             lines.append(f"\n[{title}]")
             lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None)
         return "\n".join(lines) + "\n"
+
+
+def _read_task_text(path: Path) -> str:
+    """The task file's text: UTF-8, without NUL bytes (a binary file is not a task)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TaskError(f"task file not found: {path}") from None
+    except OSError as exc:
+        raise TaskError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    if b"\0" in data:
+        raise TaskError(f"task file {path} is a binary file, not TOML or JSON text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task file {path} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def _parse_task_text(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TaskError(f"cannot parse task file {path}: {detail}") from None
+    except RecursionError:
+        raise TaskError(f"cannot parse task file {path}: nested too deeply") from None
+
+
+def _relative_to(task: Task, folder: Path) -> Task:
+    """Resolve a task file's relative paths (the dataset root, the forget index file) against its folder."""
+    if task.dataset.root and not Path(task.dataset.root).is_absolute():
+        task = replace(task, dataset=replace(task.dataset, root=str(folder / task.dataset.root)))
+    if task.forget.kind == "indices" and task.forget.path and not Path(task.forget.path).is_absolute():
+        task = replace(task, forget=replace(task.forget, path=str(folder / task.forget.path)))
+    return task
 
 
 def _toml_key(key: str) -> str:
@@ -332,19 +410,7 @@ def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
         data_fingerprint=raw.get("data_fingerprint"),
         poison_labels=_indices_of(raw.get("poison_labels"), "poison_labels"),
     )
-    _check_type("task name", task.name, str)
-    _check_type("task seed", task.seed, int)
-    _check_type("data_fingerprint", task.data_fingerprint, str, optional=True)
-    _check_type("dataset name", task.dataset.name, str)
-    _check_type("dataset root", task.dataset.root, str, optional=True)
-    _check_type("dataset val_fraction", task.dataset.val_fraction, float)
-    _check_type("dataset train_subset", task.dataset.train_subset, int, optional=True)
-    if task.dataset.train_subset is not None and task.dataset.train_subset < 2:
-        raise TaskError(f"dataset train_subset must be at least 2, got {task.dataset.train_subset}")
-    if task.dataset.name not in DATASETS:
-        raise TaskError(f"unknown dataset {task.dataset.name!r} (known: {', '.join(DATASETS)})")
-    task.forget.validate()
-    task.recipe.validate()
+    task.validate()
     return task
 
 
@@ -401,6 +467,17 @@ def validate_forget_indices(indices: tuple[int, ...] | list[int], n_train: int) 
         raise TaskError("the forget set contains duplicate indices")
     if len(array) >= n_train:
         raise TaskError("the forget set covers the whole training set: nothing would be retained")
+
+
+def validate_poison_labels(labels: tuple[int, ...] | None, n_forget: int, n_classes: int) -> None:
+    """Reject poison labels that are not one class in ``[0, n_classes)`` per forget index."""
+    if labels is None:
+        return
+    if len(labels) != n_forget:
+        raise TaskError(f"poison_labels must give one label per forget index ({len(labels)} for {n_forget})")
+    bad = [v for v in labels if not 0 <= v < n_classes]
+    if bad:
+        raise TaskError(f"poison label {bad[0]} is not a class of the dataset (0..{n_classes - 1})")
 
 
 def _class_of(spec: ForgetSpec, labels: np.ndarray) -> int:
@@ -565,6 +642,4 @@ def resolve_task(spec: str, data_root: str | None = None) -> Task:
         close = difflib.get_close_matches(spec, list(NAMED_TASKS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise TaskError(f"unknown task {spec!r}{hint}; named tasks: {', '.join(NAMED_TASKS)}")
-    if data_root is not None:
-        task = replace(task, dataset=replace(task.dataset, root=data_root))
-    return task
+    return task.with_data_root(data_root)

@@ -3,7 +3,8 @@
 Each check takes a prepared :class:`~muaudit.audit.AuditSetup` (e.g. from :func:`tiny_setup`) and a loaded plugin
 and raises ``AssertionError`` with a clear message when the contract is broken:
 
-- :func:`check_does_not_mutate_input`: the original model's weights and buffers are bit-identical afterwards.
+- :func:`check_does_not_mutate_input`: the method leaves the data it is handed (its private copies) and the
+  audit's data and models (the original's weights and buffers included) bit-identical.
 - :func:`check_seed_determinism`: the same seed gives bit-identical weights (unless the method declares
   ``deterministic = False``).
 - :func:`check_refuses_undeclared_data`: asking ``MethodData`` for undeclared data raises.
@@ -23,8 +24,9 @@ from muaudit.audit import AuditSetup, prepare, run_method
 from muaudit.base import MethodData
 from muaudit.cache import TensorCache
 from muaudit.checkpoint import state_dict_sha256
-from muaudit.errors import UndeclaredDataError
+from muaudit.errors import PluginValidationError, UndeclaredDataError
 from muaudit.plugins import METHODS, LoadedPlugin, load_by_name
+from muaudit.seal import AuditFingerprint, audit_tensors
 from muaudit.task import NAMED_TASKS, Task
 
 
@@ -40,10 +42,18 @@ def load_method(name: str) -> LoadedPlugin:
 
 
 def check_does_not_mutate_input(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any]) -> None:
-    before = state_dict_sha256(setup.original.state_dict())
-    run_method(setup, plugin, params, seed=1)
-    after = state_dict_sha256(setup.original.state_dict())
-    assert before == after, f"{plugin.spec.describe()} modified the original model it was given"
+    """Neither the model nor the data a method is handed may change: the method's own copies (detected by
+    :func:`~muaudit.runs.run_method`) and the audit's data and models (fingerprinted before and after)."""
+    where = plugin.spec.describe()
+    before = AuditFingerprint.of(audit_tensors(setup))
+    try:
+        run_method(setup, plugin, params, seed=1)
+    except PluginValidationError as exc:
+        if "in place" in str(exc):
+            raise AssertionError(str(exc)) from None
+        raise
+    changed = before.changed(audit_tensors(setup))
+    assert not changed, f"{where} modified the audit's {', '.join(changed[:3])}"
 
 
 def check_seed_determinism(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any]) -> None:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from muaudit.data import DataBundle, Split
+from muaudit.errors import ConfigurationError, TrainingError
 from muaudit.task import Recipe, Task
 from muaudit.zoo import ZooModel, build_model
 
@@ -26,10 +29,23 @@ def derive_seed(base: int, *labels: object) -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` must be available here.
+
+    An unknown or unavailable device is a :class:`~muaudit.errors.ConfigurationError` (exit 2), raised before
+    any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigurationError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(f"--device {name}: CUDA is not available on this machine "
+                                     "(use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigurationError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                                     "device(s)")
+    return device
 
 
 def generator(seed: int) -> torch.Generator:
@@ -41,8 +57,34 @@ def generator(seed: int) -> torch.Generator:
 
 def fresh_model(task: Task, data: DataBundle, seed: int) -> ZooModel:
     """The task's architecture with every layer freshly initialised under ``seed``."""
-    return build_model(task.model.arch, data.input_shape, data.n_classes, data.mean, data.std,
-                       task.model.options, seed=seed)
+    return ModelFactory.of(task, data)(seed)
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """The task's architecture, freshly initialised on demand: what ``MethodContext.fresh_model`` needs.
+
+    It holds the architecture's description only (name, input shape, class count, normalisation, options) and
+    never the data or the audit's models, so a method that declared nothing cannot reach them through it.
+    """
+
+    arch: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+    device: torch.device | None = None
+
+    @classmethod
+    def of(cls, task: Task, data: DataBundle, device: torch.device | None = None) -> "ModelFactory":
+        return cls(task.model.arch, tuple(data.input_shape), data.n_classes, tuple(data.mean), tuple(data.std),
+                   tuple(sorted(dict(task.model.options or {}).items())), device)
+
+    def __call__(self, seed: int) -> ZooModel:
+        model = build_model(self.arch, self.input_shape, self.n_classes, self.mean, self.std, dict(self.options),
+                            seed=seed)
+        return model if self.device is None else model.to(self.device)
 
 
 def make_optimizer(params: Iterator[nn.Parameter] | list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
@@ -118,6 +160,18 @@ def train_from_scratch(
     """Build the task's architecture fresh under ``seed`` and train it with the task's recipe on ``split``."""
     model = fresh_model(task, data, derive_seed(seed, "init"))
     return fit(model, split, task.recipe, derive_seed(seed, "order"), device, progress)
+
+
+def check_trained(model: nn.Module, task: Task, what: str) -> nn.Module:
+    """``model`` if every weight is finite; otherwise a :class:`~muaudit.errors.TrainingError` blaming the
+    recipe, so that a diverged model is never cached, written or audited."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            r = task.recipe
+            raise TrainingError(f"training the {what} of task {task.name!r} diverged ({name!r} is NaN or infinite); "
+                                f"the recipe is the likely cause (optimizer {r.optimizer}, lr {r.lr:g}, momentum "
+                                f"{r.momentum:g}, weight_decay {r.weight_decay:g}): lower lr")
+    return model
 
 
 class _NullBar:

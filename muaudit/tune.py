@@ -440,7 +440,7 @@ def _readouts(setup: Any, model: Any) -> dict[str, float]:
     out = setup.outputs(model)
     plugin = load_by_name(ATTACKS, TUNE_ATTACK)
     ctx = attack_context(setup, plugin, derive_seed(setup.task.seed, "attack"), "unlearned", None)
-    auc = _attack_run(plugin.cls(), out, ctx).metrics.auc
+    auc = _attack_run(plugin.cls(), out, ctx, plugin.spec.describe()).metrics.auc
     return {"forget_error": R.error_percent(out.forget_logits, out.forget_labels),
             "test_error": R.error_percent(out.test_logits, out.test_labels), "attack_auc": float(auc)}
 
@@ -502,10 +502,12 @@ def _store(setup: Any, config: Mapping[str, Any], result: TuneResult) -> None:
     import os
     import tempfile
 
+    from muaudit.files import publish
+
     path = result_path(setup, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump({"config": config, "result": result.to_dict()}, handle, sort_keys=True)
-    os.replace(tmp, path)
+    publish(tmp, path)
 

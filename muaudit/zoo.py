@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from muaudit.errors import TaskError
+from muaudit.errors import CheckpointError, TaskError
 
 
 class Normalize(nn.Module):
@@ -193,6 +193,7 @@ def build_model(
         close = difflib.get_close_matches(arch, list(ARCHITECTURES), n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise TaskError(f"unknown architecture {arch!r}{hint}; known: {', '.join(ARCHITECTURES)}")
+    check_options(arch, options or {})
     if seed is not None:
         torch.manual_seed(seed)
     try:
@@ -200,6 +201,33 @@ def build_model(
     except TypeError as exc:
         raise TaskError(f"invalid options for architecture {arch!r}: {exc}") from None
     return ZooModel(Normalize(mean, std, image=len(input_shape) == 3), net)
+
+
+#: Every size option of the zoo's builders and its inclusive range (``depth`` may be 0: a linear model).
+OPTION_RANGES: dict[str, tuple[int, int]] = {"hidden": (1, 65_536), "width": (1, 4_096), "depth": (0, 64)}
+
+
+def check_options(arch: str, options: Mapping[str, Any]) -> None:
+    """Reject architecture options that are not integers in their range (a negative width is a task error)."""
+    for name, value in options.items():
+        if name not in OPTION_RANGES:
+            continue  # the builder's own signature rejects unknown names
+        low, high = OPTION_RANGES[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise TaskError(f"model option {name} of architecture {arch!r} must be an integer between {low} and "
+                            f"{high}, got {value!r}")
+
+
+def check_statistics(model: nn.Module, source: str) -> None:
+    """Reject normalisation statistics that make every output NaN or infinite: a standard deviation or a
+    BatchNorm running variance that is not positive (non-finite values are rejected on load)."""
+    for name, buffer in model.named_buffers():
+        if name.endswith("normalize.std") or name == "std":
+            if not bool((buffer > 0).all()):
+                raise CheckpointError(f"{source}: normalisation std {name!r} must be positive, got "
+                                      f"{buffer.flatten().tolist()[:4]}")
+        elif name.endswith("running_var") and not bool((buffer >= 0).all()):
+            raise CheckpointError(f"{source}: BatchNorm running variance {name!r} has negative entries")
 
 
 def last_linear_prefix(model: nn.Module) -> str:

@@ -207,7 +207,16 @@ def test_non_finite_weights_are_refused_by_name(tmp_path, suffix, value):
     with torch.no_grad():
         model.net[3].bias[2] = value
     path = tmp_path / f"nan{suffix}"
-    save_checkpoint(model, path, {})
+    with pytest.raises(CheckpointError, match=r"parameter 'net\.3\.bias' contains NaN or infinite"):
+        save_checkpoint(model, path, {})  # never written
+    assert not path.exists() and not list(tmp_path.iterdir())
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if suffix == ".pt":
+        torch.save({"state_dict": state, "muaudit_metadata": "{}"}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"muaudit_metadata": "{}"})
     with pytest.raises(CheckpointError, match=r"parameter 'net\.3\.bias' contains NaN or infinite"):
         load_checkpoint(path)
 

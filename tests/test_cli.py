@@ -90,7 +90,9 @@ def test_compare_writes_one_table(original, cache_dir, tmp_path, capsys):
     assert code == 0
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| readout | retrain | finetune | neggrad | gold |" in table
-    cards = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert comparison["failures"] == []
+    cards = comparison["scorecards"]
     assert [c["method"]["name"] for c in cards] == ["retrain", "finetune", "neggrad"]
     assert cards[2]["method"]["params"]["lr"] == 1e-3
     assert len({json.dumps(c["provenance"]["seeds"]["gold"]) for c in cards}) == 1  # shared gold models

@@ -80,9 +80,9 @@ def test_a_second_audit_scores_only_its_unlearned_model(tmp_path, monkeypatch):
     roles = []
     real = attacking._attack_run
 
-    def counting(attack, outputs, ctx):
+    def counting(attack, outputs, ctx, where):
         roles.append(ctx.role)
-        return real(attack, outputs, ctx)
+        return real(attack, outputs, ctx, where)
 
     monkeypatch.setattr(attacking, "_attack_run", counting)
     _audit(tmp_path, "neggrad")

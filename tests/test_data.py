@@ -597,7 +597,9 @@ def test_digits():
     assert data.input_shape == (1, 8, 8) and data.n_classes == 10
     assert len(data.train) + len(data.val) + len(data.test) == 1797
     assert float(data.train.x.min()) >= 0.0 and float(data.train.x.max()) <= 1.0
-    assert load_dataset("digits") is data  # cached
+    again = load_dataset("digits")  # decoded once, then a private copy per load
+    assert again is not data and again.train.x is not data.train.x
+    assert torch.equal(again.train.x, data.train.x) and again.fingerprint() == data.fingerprint()
 
 
 def test_unknown_dataset_and_bad_fraction():

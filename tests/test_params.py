@@ -32,9 +32,11 @@ def test_interval_bounds(closed, low_in, high_in):
 
 
 def test_open_ended_intervals():
-    assert Interval(0, None).contains(1e300) and Interval(0, None).contains(math.inf)
+    assert Interval(0, None).contains(1e300) and not Interval(0, None).contains(math.inf)  # unbounded: finite
+    assert Interval(0, math.inf).contains(math.inf)  # an explicit infinite bound admits infinity
     assert not Interval(0, None).contains(-1)
-    assert Interval(None, 0).contains(-math.inf) and not Interval(None, 0).contains(0.1)
+    assert not Interval(None, 0).contains(-math.inf) and Interval(-math.inf, 0).contains(-math.inf)
+    assert not Interval(None, 0).contains(0.1)
     assert Interval().contains(123) and Interval().contains(-5)
     for interval in (Interval(), Interval(0, 1), Interval(None, 0)):
         assert not interval.contains(math.nan)
@@ -135,7 +137,7 @@ def test_describe():
 @pytest.mark.parametrize(
     "index, text, value",
     [
-        (0, "0.1", 0.1), (0, " 1e-3 ", 1e-3), (0, "3", 3.0), (0, "inf", math.inf),
+        (0, "0.1", 0.1), (0, " 1e-3 ", 1e-3), (0, "3", 3.0),
         (1, "7", 7), (1, " 42 ", 42),
         (2, "slow", "slow"),
         (4, "none", None), (4, "None", None), (4, "NULL", None), (4, "0.25", 0.25),
@@ -165,6 +167,8 @@ def test_parse_bool(text, value):
         (0, "fast", "must be a float"),
         (0, "-0.1", "in the range (0, inf)"),
         (0, "nan", "Got nan instead"),
+        (0, "inf", "The 'lr' parameter of method 'demo' must be a float in the range (0, inf). Got inf instead."),
+        (0, "1e400", "Got inf instead"),
         (0, "", "must be a float"),
         (2, "Fast", "one of 'fast', 'slow'"),
     ],

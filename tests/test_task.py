@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import pickle
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -475,9 +474,14 @@ def test_resolve_task_overrides_root_and_reads_files(tmp_path):
     task = resolve_task("cifar10-class", data_root="/data")
     assert task.dataset.root == "/data" and task.dataset.name == "cifar10"
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({"name": "file-task", "seed": 2}))
+    path.write_text(json.dumps({"name": "file-task", "seed": 2, "dataset": {"name": "npz"}}))
     assert resolve_task(str(path)).name == "file-task"
     assert resolve_task(str(path), data_root="/x").dataset.root == "/x"
+
+
+def test_data_root_does_not_apply_to_digits():
+    with pytest.raises(TaskError, match="--data-root does not apply to task 'digits'"):
+        resolve_task("digits", data_root="/x")
 
 
 def test_unknown_task_suggests_close_names():

@@ -199,7 +199,7 @@ def test_cli_compare_tunes_every_method_with_the_same_budget(cache_dir, tmp_path
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "retrain,finetune", "--tune", "2", "--attacks", "loss", "--out", str(out),
                  "--cache-dir", str(cache_dir), "--quiet"]) == 0
-    cards = json.loads((out / "comparison.json").read_text())
+    cards = json.loads((out / "comparison.json").read_text())["scorecards"]
     assert "tuning" not in cards[0]["method"] and cards[1]["method"]["tuning"]["budget"] == 2
     assert "retrain has nothing to tune" in capsys.readouterr().err
 

@@ -195,7 +195,7 @@ class MUMis(UnlearningMethod):
         Param("lr", float, None, "step length eta (none = the preset's)", Interval(0, None, closed="neither"),
               nullable=True, search=Search(1e-6, 1e-2, log=True)),
         Param("delta", float, None, "stop once (L0 - L)/|D_f| >= delta; inf = never (none = the preset's)",
-              Interval(0, None), nullable=True, search=Search(0.5, 50.0, log=True)),
+              Interval(0, math.inf), nullable=True, search=Search(0.5, 50.0, log=True)),
         Param("max_iters", int, None, "max iterations T_MU (none = the preset's)", Interval(1, None),
               nullable=True),
         Param("batch_size", int, 128, "forget samples per double-backprop call (memory only)", Interval(1, None)),

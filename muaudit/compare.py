@@ -1,0 +1,102 @@
+"""Several methods on one set-up, each isolated: one method's failure never loses the others' results.
+
+:func:`compare_methods` audits the methods one after the other on the same task, original and gold models. A
+method that fails (its plugin raises or calls ``sys.exit``, returns a NaN model, modifies its inputs, or an attack
+fails on its model) is recorded as a :class:`MethodFailure` with a one-line reason, and the next method runs. An
+interrupt (Ctrl-C) stops the comparison: the interrupted method and those not yet run are recorded as such, and
+the scorecards computed so far are kept. Plugins only ever receive private copies of the audit's data
+(:mod:`muaudit.seal`), so a failed method cannot have corrupted the set-up the others use.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from muaudit.errors import MuauditError
+from muaudit.plugins import LoadedPlugin
+from muaudit.results import Scorecard, comparison_table
+
+#: Kinds of failure: a plugin's fault, another muaudit error, an unexpected (internal) error, an interrupt, and the
+#: methods an interrupt kept from running. ``muaudit compare`` exits 3 after writing when any method failed (130
+#: when interrupted).
+FAILURE_KINDS = ("plugin", "error", "internal", "interrupted", "not run")
+COMPARISON_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class MethodFailure:
+    """A method of a comparison that produced no scorecard, and why (one line)."""
+
+    method: str
+    distribution: str
+    version: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The scorecards of the methods that ran and the failures of those that did not, in the order given."""
+
+    task: str
+    task_hash: str
+    gold_models: int
+    scorecards: tuple[Scorecard, ...]
+    failures: tuple[MethodFailure, ...]
+
+    @property
+    def interrupted(self) -> bool:
+        return any(f.kind == "interrupted" for f in self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": COMPARISON_SCHEMA, "task": self.task, "task_hash": self.task_hash,
+                "gold_models": self.gold_models, "scorecards": [c.to_dict() for c in self.scorecards],
+                "failures": [asdict(f) for f in self.failures]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+
+    def to_markdown(self) -> str:
+        title = (f"# muaudit comparison on task {self.task} [{self.task_hash[:12]}], {self.gold_models} gold "
+                 f"model(s)\n\n")
+        body = comparison_table(list(self.scorecards)) if self.scorecards else "No method produced a scorecard.\n"
+        if self.failures:
+            body += "\n## Failed methods\n\n| method | distribution | failure | reason |\n|---|---|---|---|\n"
+            body += "".join(f"| {f.method} | {f.distribution} {f.version} | {f.kind} | {_cell(f.reason)} |\n"
+                            for f in self.failures)
+        return title + body
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def compare_methods(setup: Any, methods: Sequence[tuple[LoadedPlugin, dict[str, Any]]],
+                    audit_one: Callable[[LoadedPlugin, dict[str, Any]], Scorecard]) -> Comparison:
+    """Audit each method with ``audit_one`` (method run and scorecard), isolating failures (see the module doc)."""
+    cards: list[Scorecard] = []
+    failures: list[MethodFailure] = []
+    for position, (plugin, params) in enumerate(methods):
+        try:
+            cards.append(audit_one(plugin, params))
+        except KeyboardInterrupt:
+            failures.append(_failure(plugin, "interrupted", "interrupted by the user while it ran"))
+            failures += [_failure(p, "not run", "the comparison was interrupted before it ran")
+                         for p, _ in methods[position + 1:]]
+            break
+        except MuauditError as exc:
+            failures.append(_failure(plugin, "plugin" if exc.exit_code == 3 else "error", _one_line(exc)))
+        except Exception as exc:  # muaudit's own error while auditing this method: recorded, the others go on
+            failures.append(_failure(plugin, "internal", f"{type(exc).__name__}: {_one_line(exc)}"))
+    return Comparison(setup.task.name, setup.task.content_hash(), len(setup.golds), tuple(cards), tuple(failures))
+
+
+def _failure(plugin: LoadedPlugin, kind: str, reason: str) -> MethodFailure:
+    spec = plugin.spec
+    return MethodFailure(spec.name, spec.dist, spec.version, kind, reason)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
