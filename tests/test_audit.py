@@ -109,7 +109,7 @@ def test_finetune_keeps_retain_accuracy(digits_setup):
 def test_scorecard_json_round_trip_and_pandas(digits_setup, loss_attack):
     card = build_scorecard(digits_setup, run_method(digits_setup, load_method("finetune"), {}, 0), loss_attack)
     raw = json.loads(card.to_json())
-    assert raw["schema_version"] == "1.2"
+    assert raw["schema_version"] == "1.3"
     again = Scorecard.from_dict(raw)
     assert again.to_json() == card.to_json()
     frame = card.to_pandas()
@@ -147,3 +147,37 @@ def test_label_flip_poisoning_task(cache_dir, loss_attack):
     assert card.readout("test_error").original > card.readout("test_error").gold
     assert task.to_dict()["poison_labels"] == list(task.poison_labels)
     assert NAMED_TASKS["digits-poison"].forget.kind == "label-flip"
+
+
+# ------------------------------------------------------------------------------------------ AvgGap (issue 12)
+@pytest.mark.parametrize("task", ["digits", "digits-class"])
+def test_avg_gap_readouts_follow_natmu_paper_and_code(cache_dir, task):
+    """``avg_gap``: the paper's terms (RA = test accuracy on retained classes, FA, FATest for class removal only,
+    MIA from entropy-lr); ``avg_gap_code``: the code's four terms. Recomputed here independently with NumPy."""
+    setup = tiny_setup(cache_dir, task, gold_count=2)
+    run = run_method(setup, load_method("finetune"), {}, 0)
+    attacks = [load_by_name(ATTACKS, "loss"), load_by_name(ATTACKS, "entropy-lr")]
+    card = build_scorecard(setup, run, attacks)
+    entropy = card.attacks[1]
+    assert entropy.name == "entropy-lr"
+
+    def pct(logits, labels) -> float:
+        return 100.0 * float(np.mean(logits.numpy().argmax(1) == labels.numpy()))
+
+    def terms(model, member_rate):
+        o = setup.outputs(model)
+        forgotten = ~np.isin(o.test_labels.numpy(), np.unique(setup.retain.y.numpy()))
+        paper = [pct(o.test_logits[~forgotten], o.test_labels[~forgotten]), pct(o.forget_logits, o.forget_labels)]
+        if forgotten.any():
+            paper.append(pct(o.test_logits[forgotten], o.test_labels[forgotten]))
+        paper.append(100 * member_rate)
+        code = [pct(o.test_logits, o.test_labels), pct(o.retain_logits, o.retain_labels),
+                pct(o.forget_logits, o.forget_labels), 100 * member_rate]
+        return np.array(paper), np.array(code)
+
+    unlearned = terms(run.model, entropy.unlearned["member_rate"])
+    gold = terms(setup.golds[0].model, entropy.gold["member_rate"])
+    assert len(unlearned[0]) == (4 if task == "digits-class" else 3)
+    assert card.readout("avg_gap").unlearned == pytest.approx(np.abs(unlearned[0] - gold[0]).mean(), rel=1e-9)
+    assert card.readout("avg_gap_code").unlearned == pytest.approx(np.abs(unlearned[1] - gold[1]).mean(), rel=1e-9)
+    assert "MIA from" not in card.readout("avg_gap").description
