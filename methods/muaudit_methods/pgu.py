@@ -2,7 +2,7 @@
 
 Paper: Tuan Hoang, Santu Rana, Sunil Gupta, Svetha Venkatesh, "Learn to Unlearn for Deep Neural Networks:
 Minimizing Unlearning Interference with Gradient Projection", WACV 2024
-(arXiv 2312.04095). Reference code: ``hnanhtuan/projected_gradient_unlearning``
+(arXiv 2312.04095). Reference code: https://github.com/hnanhtuan/projected_gradient_unlearning
 (``unlearn.py`` sample removal, ``unlearn_class.py`` class removal, ``depoisoning.py``,
 ``utils/unlearn_utils.py``).
 
@@ -484,7 +484,8 @@ class StepInfo:
         return {"mode": self.mode, "epochs_trained": self.epochs_trained, "kept_epoch": self.kept_epoch,
                 "stop_reason": self.stop_reason, "frozen_layers": list(self.frozen),
                 "core_ranks": [f"{name}:{k}/{d}" for name, (k, d) in self.ranks.items()],
-                "kept_forget_acc": _finite_or_none(kept, "forget_acc"), "kept_val_acc": _finite_or_none(kept, "val_acc")}
+                "kept_forget_acc": _finite_or_none(kept, "forget_acc"),
+                "kept_val_acc": _finite_or_none(kept, "val_acc")}
 
 
 def _finite_or_none(record: Mapping[str, float] | None, key: str) -> float | None:
@@ -515,8 +516,8 @@ class PGU(UnlearningMethod):
     summary = ("Projected-Gradient Unlearning: reverse-CE + entropy on D_f, SGD projected orthogonal to the "
                "retain core space computed from full-data statistics minus D_f's.")
     paper = ("Hoang, Rana, Gupta and Venkatesh, 'Learn to Unlearn for Deep Neural Networks: Minimizing "
-             "Unlearning Interference with Gradient Projection', WACV 2024 (code: hnanhtuan/"
-             "projected_gradient_unlearning)")
+             "Unlearning Interference with Gradient Projection', WACV 2024, arXiv:2312.04095 (code: "
+             "github.com/hnanhtuan/projected_gradient_unlearning)")
     needs = frozenset({"train_stats", "validation"})
     presets = PRESETS
     params = (

@@ -77,7 +77,8 @@ D_test too; code: not on D_test), ``k`` = 5, ``pgd_eps`` = 4/255, ``pgd_steps`` 
 (code ``eval_adverarial_attack``; paper: eps = 4/255), ``features`` = "df+af+cf" (paper; "df+cf" reproduces the
 code, which computes AF but feeds only ``stack(DF, CF)`` to the classifier), ``classifier`` = "paper"
 (``classifier_epochs`` / ``classifier_batch_size`` none = the classifier's: 100 / 16 for the paper's, 200 / 128
-for the code's), ``classifier_lr`` = 0.01 (both), ``classifier_balance`` = "balanced", ``batch_size`` = 64, ``momentum`` = 0.9, ``weight_decay`` = 5e-4 (code), ``twin_classes`` = "forget",
+for the code's), ``classifier_lr`` = 0.01 (both), ``classifier_balance`` = "balanced", ``batch_size`` = 64,
+``momentum`` = 0.9, ``weight_decay`` = 5e-4 (code), ``twin_classes`` = "forget",
 ``absent_class_hard`` = True.
 
 Digits and Fashion-MNIST presets: our check and calibration, not the paper's (the measured effect of each is at
@@ -113,7 +114,8 @@ the classifier variant, are also reported as the run's diagnostics (the scorecar
 Decisions:
 
 - [DECISION] Which model is fine-tuned: the *original* ``M_o`` (the paper: "we can fine-tune the original model
-  M_o"), not the twin as the released code does (``noise_train(netC, ...)`` with ``netC`` = the twin). The twin is only used for the twin features and is never returned.
+  M_o"), not the twin as the released code does (``noise_train(netC, ...)`` with ``netC`` = the twin). The
+  twin is only used for the twin features and is never returned.
 - [DECISION] Twin data D_test = the validation examples whose class occurs in D_f (``twin_classes="forget"``):
   for the paper's class-subset forgetting this is the code's "held-out examples of the target class"; for random
   forgetting (all classes in D_f) it is the whole validation split. ``twin_classes="all"`` always uses the whole
@@ -480,8 +482,9 @@ class TMU(UnlearningMethod):
 
     name = "tmu"
     summary = "Twin Machine Unlearning: easy/hard classifier from a twin problem + noise-perturbed fine-tuning."
-    paper = ("Niu et al., 'Towards Aligned Data Forgetting via Twin Machine Unlearning' (TMU), arXiv 2408.11433, "
-             "Sec. 3, eqs. 1-6; recipes from abc321123444/TWIN-unlearning")
+    paper = ("Niu, Ji, Sun, Lin, Gao, Wang and Gao, 'Towards Aligned Data Forgetting via Twin Machine Unlearning' "
+             "(TMU), arXiv preprint arXiv:2408.11433 (2024), Sec. 3, eqs. 1-6; recipes from "
+             "github.com/abc321123444/TWIN-unlearning")
     needs = frozenset({"retain", "validation"})
     presets = {name: asdict(values) for name, values in PRESETS.items()}
     params = (
