@@ -181,7 +181,7 @@ def _avg_gap_terms(setup: AuditSetup, o: ModelOutputs, m: AttackMetrics) -> dict
              "FA": 100 * R.accuracy(o.forget_logits, o.forget_labels), "MIA": 100 * m.member_rate,
              "test_acc": 100 * R.accuracy(o.test_logits, o.test_labels),
              "retain_acc": 100 * R.accuracy(o.retain_logits, o.retain_labels)}
-    terms["forget_acc"] = terms["FA"]
+    terms["forget_acc"], terms["mia"] = terms["FA"], terms["MIA"]
     if forgotten.any():
         terms["FATest"] = 100 * R.accuracy(test_logits[forgotten], test_labels[forgotten])
     return terms

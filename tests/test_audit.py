@@ -1,6 +1,7 @@
 """The audit pipeline: gold retrains, the retrain method as a sanity anchor, scorecard schema and invariants."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -181,3 +182,65 @@ def test_avg_gap_readouts_follow_natmu_paper_and_code(cache_dir, task):
     assert card.readout("avg_gap").unlearned == pytest.approx(np.abs(unlearned[0] - gold[0]).mean(), rel=1e-9)
     assert card.readout("avg_gap_code").unlearned == pytest.approx(np.abs(unlearned[1] - gold[1]).mean(), rel=1e-9)
     assert "MIA from" not in card.readout("avg_gap").description
+
+
+# ------------------------------------------------------------------------------- method diagnostics (issue 12)
+def test_report_validates_diagnostics():
+    from muaudit.base import UnlearningMethod
+    from muaudit.errors import PluginValidationError
+
+    class Reporter(UnlearningMethod):
+        name = "reporter"
+
+        def unlearn(self, model, data, ctx):
+            return model
+
+    method = Reporter()
+    assert method.diagnostics == {}
+    method.report(iterations=np.int64(3), loss=np.float32(0.5), stop="converged", layers=("a", "b"), none=None,
+                  flag=True, nested=[[1, 2], [3]])
+    assert method.diagnostics == {"iterations": 3, "loss": 0.5, "stop": "converged", "layers": ["a", "b"],
+                                  "none": None, "flag": True, "nested": [[1, 2], [3]]}
+    assert type(method.diagnostics["iterations"]) is int
+    for bad in ({"x": float("nan")}, {"x": float("inf")}, {"x": torch.ones(2)}, {"x": {"a": 1}}, {"x": [object()]}):
+        with pytest.raises(PluginValidationError, match="reporter"):
+            method.report(**bad)
+    with pytest.raises(PluginValidationError, match="identifier"):
+        method.report(**{"not an identifier": 1})
+
+
+def test_diagnostics_reach_the_scorecard_and_the_comparison(digits_class_setup, loss_attack):
+    from muaudit.results import comparison_table
+
+    pgu = run_method(digits_class_setup, load_method("pgu"), {}, seed=0)
+    finetune = run_method(digits_class_setup, load_method("finetune"), {}, seed=0)
+    assert pgu.diagnostics["stop_reason"] == "forget-at-chance" and finetune.diagnostics == {}
+    cards = [build_scorecard(digits_class_setup, run, loss_attack) for run in (pgu, finetune)]
+    raw = json.loads(cards[0].to_json())
+    assert raw["method"]["diagnostics"] == pgu.diagnostics
+    again = Scorecard.from_dict(raw)
+    assert again.diagnostics == pgu.diagnostics
+    assert "stop_reason: forget-at-chance" in cards[0].to_text()
+    assert "| stop_reason | forget-at-chance |" in cards[0].to_markdown()
+    assert "diagnostics" not in cards[1].to_text()
+    table = comparison_table(cards)
+    assert "| diagnostic: stop_reason | forget-at-chance | - | - | - |" in table
+    assert f"| diagnostic: epochs_trained | {pgu.diagnostics['epochs_trained']} | - | - | - |" in table
+    old = {**raw, "schema_version": "1.2", "method": {k: v for k, v in raw["method"].items() if k != "diagnostics"}}
+    assert Scorecard.from_dict(old).diagnostics == {}
+
+
+def test_diagnostics_are_per_run(digits_setup):
+    """A method instance reused for a second run starts with empty diagnostics (the wrapper clears them)."""
+    from muaudit.audit import method_context
+    from muaudit.base import MethodData
+    from muaudit_methods.mu_mis import MUMis
+
+    method = MUMis(preset="digits")
+    ctx = method_context(digits_setup, 0, None)
+    data = MethodData("mu-mis", digits_setup.forget)
+    method.report(stale=1)
+    method.unlearn(copy.deepcopy(digits_setup.original), data, ctx)
+    assert "stale" not in method.diagnostics
+    assert method.diagnostics["iterations"] == method.last_iterations
+    assert method.diagnostics["stop_reason"] in ("delta", "max-iters")
