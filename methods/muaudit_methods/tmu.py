@@ -1,7 +1,7 @@
 """``tmu``: Twin Machine Unlearning (TMU), aligned data forgetting through a twin unlearning problem.
 
-Paper: Zhenxing Niu, Haoxuan Ji, Yuyao Sun, Zheng Lin, Fei Gao, Yuhang Wang, Haichao Gao, "Towards Aligned Data
-Forgetting via Twin Machine Unlearning", arXiv preprint 2408.11433 (2024; revised as arXiv 2501.08615). Official
+Paper: Niu, Ji, Sun, Lin, Gao, Wang and Gao, "Towards Aligned Data Forgetting via Twin Machine Unlearning", arXiv
+preprint 2408.11433 (2024; a later version is arXiv 2501.08615; an ICLR 2025 submission, not accepted). Official
 code: https://github.com/abc321123444/TWIN-unlearning (incomplete: ``un.py`` with ``get_feature`` and
 ``noise_train`` was never published).
 
