@@ -11,6 +11,8 @@ by the plugin.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from muaudit.data import Split
-from muaudit.errors import UndeclaredDataError
+from muaudit.errors import PluginValidationError, UndeclaredDataError
 from muaudit.params import Param, ParamSet, validate_params
 from muaudit.presets import AUTO, PresetChoice, Relative, TaskProfile, choose_preset
 from muaudit.task import Recipe
@@ -122,6 +124,29 @@ class _Plugin:
         return cls.name or cls.__name__
 
 
+#: A diagnostic value: a JSON scalar or a (nested) list of them.
+Diagnostic = None | bool | int | float | str | list[Any]
+
+
+def diagnostic_value(method: str, key: str, value: Any) -> Diagnostic:
+    """``value`` as a JSON value (tuples to lists, NumPy scalars to Python numbers), or a
+    :class:`~muaudit.errors.PluginValidationError` naming the method and key if it is anything else."""
+    if not isinstance(key, str) or not key.isidentifier():
+        raise PluginValidationError(f"method {method!r}: diagnostic key {key!r} must be an identifier string")
+    if isinstance(value, (list, tuple)):
+        return [diagnostic_value(method, key, v) for v in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()  # a NumPy or 0-d torch scalar
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(value)
+    raise PluginValidationError(f"method {method!r}: diagnostic {key!r} must be a finite number, a bool, a string, "
+                                f"None or a list of these, got {value!r} ({type(value).__name__})")
+
+
 class UnlearningMethod(_Plugin, ABC):
     """Base class of unlearning methods (entry-point group ``muaudit.methods``).
 
@@ -130,6 +155,10 @@ class UnlearningMethod(_Plugin, ABC):
     from the task's :class:`~muaudit.presets.TaskProfile` by :meth:`auto_preset` (see :mod:`muaudit.presets`),
     either by the audit (:meth:`for_task`) or, at the latest, when :meth:`unlearn` receives a context with a
     task profile. ``hparams`` then holds concrete values and :attr:`preset_choice` says which preset and why.
+
+    Diagnostics: :meth:`unlearn` may record what it did (iterations run, why it stopped, how many examples it
+    selected, ...) with :meth:`report`; :attr:`diagnostics` is emptied at the start of every ``unlearn`` call and
+    the audit records it in the scorecard (``method.diagnostics``).
     """
 
     #: Data beyond the forget set that the method needs: a subset of :data:`DATA_NEEDS`.
@@ -143,6 +172,8 @@ class UnlearningMethod(_Plugin, ABC):
         super().__init__(**params)
         self._given = dict(params)
         self.preset_choice: PresetChoice | None = None
+        #: What the last :meth:`unlearn` reported with :meth:`report` (JSON values only).
+        self.diagnostics: dict[str, Diagnostic] = {}
         if self.preset_pending and self.hparams["preset"] != AUTO:
             self._apply_preset(self.hparams["preset"], "chosen explicitly", None)
 
@@ -157,10 +188,20 @@ class UnlearningMethod(_Plugin, ABC):
         def unlearn(self: UnlearningMethod, model: nn.Module, data: MethodData, ctx: MethodContext) -> nn.Module:
             if self.preset_pending:
                 self.for_task(ctx.task)
+            self.diagnostics = {}
             return impl(self, model, data, ctx)
 
         unlearn._resolves_preset = True  # type: ignore[attr-defined]
         cls.unlearn = unlearn  # type: ignore[method-assign]
+
+    def report(self, **values: Any) -> None:
+        """Record diagnostics of the current run (e.g. ``self.report(iterations=12, stop_reason="chance")``).
+
+        Values must be JSON scalars (finite numbers, bools, strings, ``None``) or lists of them; anything else
+        raises :class:`~muaudit.errors.PluginValidationError`. A key reported twice keeps its last value.
+        """
+        name = self.display_name()
+        self.diagnostics.update({k: diagnostic_value(name, k, v) for k, v in values.items()})
 
     # ------------------------------------------------------------------------------------ presets
     @property

@@ -1,11 +1,13 @@
 """Frozen result objects: the scorecard, its JSON schema, and its table renderings.
 
-JSON schema (``schema_version`` "1.2"): ``{"schema_version", "method", "task", "readouts": [Readout...],
+JSON schema (``schema_version`` "1.3"): ``{"schema_version", "method", "task", "readouts": [Readout...],
 "attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "signal", "challenge",
 "entropy_histograms", "provenance", "timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold
 metrics and the Streisand verdicts; 1.2 the ``signal`` section (:mod:`muaudit.signal`: can the task show
 forgetting, is the original consistent with it), the ``undetermined`` verdict, the ``forget_loss`` check, each
-verdict's gold values, and the method's ``preset`` and ``tuning`` records. 1.0 and 1.1 scorecards still load. Everything except ``timings`` (wall-clock seconds and the creation time)
+verdict's gold values, and the method's ``preset`` and ``tuning`` records; 1.3 the method's ``diagnostics`` (what
+the method reported about its run: iterations, stop reason, selected-example counts; JSON values keyed by name).
+Earlier scorecards still load. Everything except ``timings`` (wall-clock seconds and the creation time)
 is a deterministic function of the inputs and seeds.
 """
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any, Mapping, Sequence
 from muaudit.serial import json_safe
 from muaudit.verdicts import Verdict
 
-SCHEMA_VERSION = "1.2"
-READABLE_SCHEMAS = ("1.0", "1.1", "1.2")
+SCHEMA_VERSION = "1.3"
+READABLE_SCHEMAS = ("1.0", "1.1", "1.2", "1.3")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ class Scorecard:
     signal: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        """What the method reported about its run (empty for methods that report nothing and before 1.3)."""
+        return dict(self.method.get("diagnostics") or {})
+
     def readout(self, name: str) -> Readout:
         for item in self.readouts:
             if item.name == name:
@@ -145,6 +152,8 @@ class Scorecard:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines += ["", self._timing_line()] + [f"note: {n}" for a in self.attacks for n in a.unlearned["notes"]]
+        if self.diagnostics:
+            lines += ["", "method diagnostics:"] + [f"  {k}: {_fmt_value(v)}" for k, v in self.diagnostics.items()]
         lines += self._signal_lines()
         if self.verdicts:
             lines += ["", f"Streisand checks: {self.verdict_summary}"]
@@ -170,6 +179,9 @@ class Scorecard:
                  "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_row(r)) + " |" for r in self.readouts]
         lines += ["", self._timing_line()]
+        if self.diagnostics:
+            lines += ["", "## Method diagnostics", "", "| diagnostic | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt_value(v)} |" for k, v in self.diagnostics.items()]
         if self.signal:
             lines += ["", "## Signal", "", self.signal["line"], "", "| check | original | gold models | gap ÷ spread | "
                       "signal |", "|---|---|---|---|---|"]
@@ -208,6 +220,17 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}"
 
 
+def _fmt_value(value: Any) -> str:
+    """A diagnostic value: numbers as in the tables, lists element-wise, everything else as text."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    return _fmt(float(value))
+
+
 def _row(r: Readout) -> list[str]:
     return [r.name, _fmt(r.unlearned), _fmt(r.original), _fmt(r.gold), _fmt(r.gap), _fmt(r.spread_max)]
 
@@ -228,6 +251,9 @@ def comparison_table(cards: Sequence[Scorecard]) -> str:
     for phase in phases:  # seconds per phase; data_load, original and golds are the shared set-up's, in every column
         cells = [f"{c.timings.get('phases', {}).get(phase, 0.0):.3f}" for c in cards]
         lines.append(f"| time: {phase} (s) | " + " | ".join(cells) + " | - | - |")
+    for key in dict.fromkeys(k for c in cards for k in c.diagnostics):  # what each method reported ("-": nothing)
+        cells = [_fmt_value(c.diagnostics[key]) if key in c.diagnostics else "-" for c in cards]
+        lines.append(f"| diagnostic: {key} | " + " | ".join(cells) + " | - | - |")
     if all(c.verdicts for c in cards):
         lines.append("| **Streisand summary** | " + " | ".join(str(c.verdict_summary) for c in cards) + " | - | - |")
         for i, first in enumerate(cards[0].verdicts):

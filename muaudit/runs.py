@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from muaudit.base import MethodContext, MethodData, UnlearningMethod
+from muaudit.base import MethodContext, MethodData, UnlearningMethod, diagnostic_value
 from muaudit.checkpoint import load_into
 from muaudit.data import Split
 from muaudit.errors import CheckpointError, ParameterError, PluginValidationError
@@ -30,7 +30,10 @@ from muaudit.training import ModelFactory, derive_seed
 # ------------------------------------------------------------------------------------ method runs
 @dataclass(frozen=True)
 class MethodRun:
-    """An unlearned model with the method's identity, parameters, seed and timing."""
+    """An unlearned model with the method's identity, parameters, seed, timing and diagnostics.
+
+    ``diagnostics`` is what the method reported about its run (:meth:`~muaudit.base.UnlearningMethod.report`).
+    """
 
     model: nn.Module
     plugin: LoadedPlugin
@@ -40,6 +43,7 @@ class MethodRun:
     stats_seconds: float
     preset: dict[str, Any] | None = None
     tuning: dict[str, Any] | None = None  # set when the parameters came from muaudit.tune (its summary)
+    diagnostics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def run_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], 
     report_mutation(where, _declared_changes(setup, given, stats))
     _check_result(plugin, setup.original, result)
     return MethodRun(result.eval(), plugin, method.hparams.as_dict(), seed, seconds, stats_seconds,
-                     _preset_info(method, params))
+                     _preset_info(method, params), diagnostics=_diagnostics(plugin, method))
 
 
 def _declared_data(setup: AuditSetup, needs: frozenset[str], stats: Mapping[str, torch.Tensor] | None
@@ -169,6 +173,17 @@ def _preset_info(method: UnlearningMethod, given: dict[str, Any]) -> dict[str, A
         return None
     return {"name": choice.name, "reason": choice.reason, "auto": given.get("preset", "auto") == "auto",
             "overridden": sorted(k for k, v in given.items() if k != "preset" and v is not None)}
+
+
+def _diagnostics(plugin: LoadedPlugin, method: UnlearningMethod) -> dict[str, Any]:
+    """A validated copy of what the method reported (it may have assigned ``diagnostics`` directly)."""
+    raw = getattr(method, "diagnostics", {})
+    if not isinstance(raw, Mapping):
+        raise PluginValidationError(f"{plugin.spec.describe()}: diagnostics must be a dict, got {type(raw).__name__}")
+    try:
+        return {k: diagnostic_value(plugin.spec.name, k, v) for k, v in raw.items()}
+    except PluginValidationError as exc:
+        raise PluginValidationError(f"{plugin.spec.describe()}: {exc}") from None
 
 
 def _check_result(plugin: LoadedPlugin, original: nn.Module, result: Any) -> None:

@@ -172,24 +172,58 @@ def _attack_report(res: AttackResults) -> AttackReport:
                         needs=sorted(getattr(res.plugin.cls, "needs", ())))
 
 
-def _avg_gap_terms(o: ModelOutputs, m: AttackMetrics) -> dict[str, float]:
-    return {"test_acc": 100 * R.accuracy(o.test_logits, o.test_labels),
-            "retain_acc": 100 * R.accuracy(o.retain_logits, o.retain_labels),
-            "forget_acc": 100 * R.accuracy(o.forget_logits, o.forget_labels),
-            "mia": 100 * m.member_rate}
+def _avg_gap_terms(setup: AuditSetup, o: ModelOutputs, m: AttackMetrics) -> dict[str, float]:
+    """Every AvgGap term of model ``o`` in % (the paper's, :data:`~muaudit.readouts.AVG_GAP_TERMS`, and the code's);
+    ``FATest`` only where some test examples belong to classes D_r no longer has (class or sub-class removal)."""
+    forgotten = _forgotten_test_mask(setup)
+    test_logits, test_labels = o.test_logits.numpy(), o.test_labels.numpy()
+    terms = {"RA": 100 * R.accuracy(test_logits[~forgotten], test_labels[~forgotten]),
+             "FA": 100 * R.accuracy(o.forget_logits, o.forget_labels), "MIA": 100 * m.member_rate,
+             "test_acc": 100 * R.accuracy(o.test_logits, o.test_labels),
+             "retain_acc": 100 * R.accuracy(o.retain_logits, o.retain_labels)}
+    terms["forget_acc"], terms["mia"] = terms["FA"], terms["MIA"]
+    if forgotten.any():
+        terms["FATest"] = 100 * R.accuracy(test_logits[forgotten], test_labels[forgotten])
+    return terms
 
 
-def _avg_gap_readout(u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
-                     attacks: Sequence[AttackResults]) -> Readout:
-    """NatMU's AvgGap; its MIA term uses ``entropy-lr`` (NatMU's own MIA) when audited, else the first attack."""
+def _forgotten_test_mask(setup: AuditSetup) -> np.ndarray:
+    """Test examples of a class (or fine class) that no longer occurs in D_r: NatMU's FATest set."""
+    retain, test = setup.retain, setup.data.test
+    mask = ~np.isin(test.y.numpy(), np.unique(retain.y.numpy()))
+    if test.fine is not None and retain.fine is not None:
+        mask |= ~np.isin(test.fine.numpy(), np.unique(retain.fine.numpy()))
+    return mask
+
+
+_AVG_GAP_DESCRIPTIONS = {
+    "avg_gap": "NatMU AvgGap as in the paper's tables: mean |gap| to gold of RA (test accuracy on the retained "
+               "classes), FA (D_f accuracy), FATest (test accuracy of forgotten classes; class removal only) and MIA",
+    "avg_gap_code": "NatMU code's get_average_gap: mean |gap| to gold of test, train-retain and forget accuracy and "
+                    "MIA",
+}
+
+
+def _avg_gap_readouts(setup: AuditSetup, u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
+                      attacks: Sequence[AttackResults]) -> list[Readout]:
+    """NatMU's AvgGap (``avg_gap``, the paper's terms) and its code's variant (``avg_gap_code``).
+
+    The MIA term is the D_f member ratio of ``entropy-lr`` (NatMU's own MIA) when audited, else of the first attack
+    (the description names it).
+    """
     res = next((a for a in attacks if a.name == "entropy-lr"), attacks[0])
-    gaps_gold = [_avg_gap_terms(g, m.metrics) for g, m in zip(golds, res.golds)]
-    return _distance_readout(
-        "avg_gap", _PCT, f"NatMU AvgGap: mean |gap| to gold of test, retain and forget accuracy and the "
-        f"{res.name} attack's D_f member rate (MIA term), in %",
-        R.avg_gap(_avg_gap_terms(u, res.unlearned.metrics), gaps_gold[0]),
-        R.avg_gap(_avg_gap_terms(o, res.original.metrics), gaps_gold[0]),
-        [R.avg_gap(g, gaps_gold[0]) for g in gaps_gold[1:]])
+    mia = "" if res.name == "entropy-lr" else f" (MIA from {res.name}: entropy-lr, NatMU's MIA, was not audited)"
+    terms_u, terms_o = _avg_gap_terms(setup, u, res.unlearned.metrics), _avg_gap_terms(setup, o, res.original.metrics)
+    terms_g = [_avg_gap_terms(setup, g, m.metrics) for g, m in zip(golds, res.golds)]
+    out = []
+    for name, keys in (("avg_gap", tuple(t for t in R.AVG_GAP_TERMS if t in terms_g[0])),
+                       ("avg_gap_code", R.AVG_GAP_CODE_TERMS)):
+        def gap(terms: dict[str, float], k: tuple[str, ...] = keys) -> float:
+            return R.avg_gap(terms, terms_g[0], k)
+
+        out.append(_distance_readout(name, _PCT, f"{_AVG_GAP_DESCRIPTIONS[name]}{mia}, in %", gap(terms_u),
+                                     gap(terms_o), [gap(g) for g in terms_g[1:]]))
+    return out
 
 
 def _entropy_histograms(outputs: dict[str, ModelOutputs], n_classes: int) -> dict[str, Any]:
@@ -339,7 +373,7 @@ def model_readouts(setup: AuditSetup, run: MethodRun, u: ModelOutputs, o: ModelO
         ("entropy", lambda: _entropy_readouts(u, o, golds)),
         ("parameters", lambda: _parameter_readouts(run.model, setup.original, [g.model for g in setup.golds])),
         ("attack_metrics", lambda: [r for res in results for r in _attack_readouts(res)]),
-        ("avg_gap", lambda: [_avg_gap_readout(u, o, golds, results)]),
+        ("avg_gap", lambda: _avg_gap_readouts(setup, u, o, golds, results)),
     ]
     out: list[Readout] = []
     for name, family in families:
@@ -408,7 +442,8 @@ def _method_info(run: MethodRun) -> dict[str, Any]:
     info = {"name": run.plugin.spec.name, "summary": cls.summary, "paper": cls.paper,
             "params": run.params, "needs": sorted(cls.needs), "seed": run.seed}
     return (info | ({"preset": run.preset} if run.preset is not None else {})
-            | ({"tuning": run.tuning} if run.tuning is not None else {}))
+            | ({"tuning": run.tuning} if run.tuning is not None else {})
+            | {"diagnostics": dict(run.diagnostics or {})})
 
 
 def _task_info(task: Task) -> dict[str, Any]:

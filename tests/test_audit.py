@@ -1,6 +1,7 @@
 """The audit pipeline: gold retrains, the retrain method as a sanity anchor, scorecard schema and invariants."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -109,7 +110,7 @@ def test_finetune_keeps_retain_accuracy(digits_setup):
 def test_scorecard_json_round_trip_and_pandas(digits_setup, loss_attack):
     card = build_scorecard(digits_setup, run_method(digits_setup, load_method("finetune"), {}, 0), loss_attack)
     raw = json.loads(card.to_json())
-    assert raw["schema_version"] == "1.2"
+    assert raw["schema_version"] == "1.3"
     again = Scorecard.from_dict(raw)
     assert again.to_json() == card.to_json()
     frame = card.to_pandas()
@@ -147,3 +148,99 @@ def test_label_flip_poisoning_task(cache_dir, loss_attack):
     assert card.readout("test_error").original > card.readout("test_error").gold
     assert task.to_dict()["poison_labels"] == list(task.poison_labels)
     assert NAMED_TASKS["digits-poison"].forget.kind == "label-flip"
+
+
+# ------------------------------------------------------------------------------------------ AvgGap (issue 12)
+@pytest.mark.parametrize("task", ["digits", "digits-class"])
+def test_avg_gap_readouts_follow_natmu_paper_and_code(cache_dir, task):
+    """``avg_gap``: the paper's terms (RA = test accuracy on retained classes, FA, FATest for class removal only,
+    MIA from entropy-lr); ``avg_gap_code``: the code's four terms. Recomputed here independently with NumPy."""
+    setup = tiny_setup(cache_dir, task, gold_count=2)
+    run = run_method(setup, load_method("finetune"), {}, 0)
+    attacks = [load_by_name(ATTACKS, "loss"), load_by_name(ATTACKS, "entropy-lr")]
+    card = build_scorecard(setup, run, attacks)
+    entropy = card.attacks[1]
+    assert entropy.name == "entropy-lr"
+
+    def pct(logits, labels) -> float:
+        return 100.0 * float(np.mean(logits.numpy().argmax(1) == labels.numpy()))
+
+    def terms(model, member_rate):
+        o = setup.outputs(model)
+        forgotten = ~np.isin(o.test_labels.numpy(), np.unique(setup.retain.y.numpy()))
+        paper = [pct(o.test_logits[~forgotten], o.test_labels[~forgotten]), pct(o.forget_logits, o.forget_labels)]
+        if forgotten.any():
+            paper.append(pct(o.test_logits[forgotten], o.test_labels[forgotten]))
+        paper.append(100 * member_rate)
+        code = [pct(o.test_logits, o.test_labels), pct(o.retain_logits, o.retain_labels),
+                pct(o.forget_logits, o.forget_labels), 100 * member_rate]
+        return np.array(paper), np.array(code)
+
+    unlearned = terms(run.model, entropy.unlearned["member_rate"])
+    gold = terms(setup.golds[0].model, entropy.gold["member_rate"])
+    assert len(unlearned[0]) == (4 if task == "digits-class" else 3)
+    assert card.readout("avg_gap").unlearned == pytest.approx(np.abs(unlearned[0] - gold[0]).mean(), rel=1e-9)
+    assert card.readout("avg_gap_code").unlearned == pytest.approx(np.abs(unlearned[1] - gold[1]).mean(), rel=1e-9)
+    assert "MIA from" not in card.readout("avg_gap").description
+
+
+# ------------------------------------------------------------------------------- method diagnostics (issue 12)
+def test_report_validates_diagnostics():
+    from muaudit.base import UnlearningMethod
+    from muaudit.errors import PluginValidationError
+
+    class Reporter(UnlearningMethod):
+        name = "reporter"
+
+        def unlearn(self, model, data, ctx):
+            return model
+
+    method = Reporter()
+    assert method.diagnostics == {}
+    method.report(iterations=np.int64(3), loss=np.float32(0.5), stop="converged", layers=("a", "b"), none=None,
+                  flag=True, nested=[[1, 2], [3]])
+    assert method.diagnostics == {"iterations": 3, "loss": 0.5, "stop": "converged", "layers": ["a", "b"],
+                                  "none": None, "flag": True, "nested": [[1, 2], [3]]}
+    assert type(method.diagnostics["iterations"]) is int
+    for bad in ({"x": float("nan")}, {"x": float("inf")}, {"x": torch.ones(2)}, {"x": {"a": 1}}, {"x": [object()]}):
+        with pytest.raises(PluginValidationError, match="reporter"):
+            method.report(**bad)
+    with pytest.raises(PluginValidationError, match="identifier"):
+        method.report(**{"not an identifier": 1})
+
+
+def test_diagnostics_reach_the_scorecard_and_the_comparison(digits_class_setup, loss_attack):
+    from muaudit.results import comparison_table
+
+    pgu = run_method(digits_class_setup, load_method("pgu"), {}, seed=0)
+    finetune = run_method(digits_class_setup, load_method("finetune"), {}, seed=0)
+    assert pgu.diagnostics["stop_reason"] == "forget-at-chance" and finetune.diagnostics == {}
+    cards = [build_scorecard(digits_class_setup, run, loss_attack) for run in (pgu, finetune)]
+    raw = json.loads(cards[0].to_json())
+    assert raw["method"]["diagnostics"] == pgu.diagnostics
+    again = Scorecard.from_dict(raw)
+    assert again.diagnostics == pgu.diagnostics
+    assert "stop_reason: forget-at-chance" in cards[0].to_text()
+    assert "| stop_reason | forget-at-chance |" in cards[0].to_markdown()
+    assert "diagnostics" not in cards[1].to_text()
+    table = comparison_table(cards)
+    assert "| diagnostic: stop_reason | forget-at-chance | - | - | - |" in table
+    assert f"| diagnostic: epochs_trained | {pgu.diagnostics['epochs_trained']} | - | - | - |" in table
+    old = {**raw, "schema_version": "1.2", "method": {k: v for k, v in raw["method"].items() if k != "diagnostics"}}
+    assert Scorecard.from_dict(old).diagnostics == {}
+
+
+def test_diagnostics_are_per_run(digits_setup):
+    """A method instance reused for a second run starts with empty diagnostics (the wrapper clears them)."""
+    from muaudit.audit import method_context
+    from muaudit.base import MethodData
+    from muaudit_methods.mu_mis import MUMis
+
+    method = MUMis(preset="digits")
+    ctx = method_context(digits_setup, 0, None)
+    data = MethodData("mu-mis", digits_setup.forget)
+    method.report(stale=1)
+    method.unlearn(copy.deepcopy(digits_setup.original), data, ctx)
+    assert "stale" not in method.diagnostics
+    assert method.diagnostics["iterations"] == method.last_iterations
+    assert method.diagnostics["stop_reason"] in ("delta", "max-iters")

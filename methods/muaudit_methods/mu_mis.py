@@ -62,13 +62,15 @@ private copy handed to ``unlearn``.
 
 Diagnostics: after ``unlearn`` the instance exposes ``last_iterations`` (number of updates applied, at most
 T_MU), ``last_initial_loss`` (L0 / |D_f|), ``last_losses`` (L / |D_f| at each iteration, measured at w_t) and
-``last_stopped_early`` (whether the delta rule fired).
+``last_stopped_early`` (whether the delta rule fired); it reports ``iterations``, ``max_iters``, ``stop_reason``
+("delta" or "max-iters"), ``initial_loss`` and ``last_loss`` (the last loss measured, at the last w_t) as the run's
+diagnostics (the scorecard's ``method.diagnostics``).
 
 Decisions:
 
 - [DECISION] The model runs in eval mode throughout (BatchNorm uses its running statistics, dropout is off), so
   the batched input gradient of ``sum_i f_{c_i}(x_i)`` is exactly the stack of per-sample input gradients and
-  the loss of one sample never depends on the others (methods.md section 8.1). BatchNorm buffers never change.
+  the loss of one sample never depends on the others (no cross-sample coupling). BatchNorm buffers never change.
 - [DECISION] ``c'`` is drawn uniformly from the ``C - 1`` classes other than ``c``, independently per sample and
   per iteration, from ``ctx.generator("irrelevant-class")``. The paper's Figures 2 to 4 sum over all
   ``c' != c``, but eq. (1) and Algorithm 1 draw one.
@@ -186,8 +188,8 @@ class MUMis(UnlearningMethod):
 
     name = "mu-mis"
     summary = "Minimise the forget samples' input sensitivity of the target vs a random other class (MU-Mis)."
-    paper = ("Cheng, Huang and Huang, 'Machine Unlearning by Suppressing Sample Contribution' (MU-Mis), "
-             "Algorithm 1 and eq. (1)")
+    paper = ("Cheng, Huang and Huang, 'Machine Unlearning by Suppressing Sample Contribution' (MU-Mis), arXiv "
+             "preprint arXiv:2402.15109 (2024), Algorithm 1 and eq. (1); no public code")
     needs = frozenset()
     presets = PRESETS
     params = (
@@ -238,6 +240,9 @@ class MUMis(UnlearningMethod):
                 if self.last_initial_loss - total / n >= delta:
                     self.last_stopped_early = True
                     break
+        self.report(iterations=self.last_iterations, max_iters=max_iters,
+                    stop_reason="delta" if self.last_stopped_early else "max-iters",
+                    initial_loss=self.last_initial_loss, last_loss=self.last_losses[-1])
         return model.eval()
 
     def _batches(self, forget: Split, ctx: MethodContext, gen: torch.Generator) -> Iterator[Batch]:

@@ -2,7 +2,7 @@
 
 Paper: Zhengbao He, Tao Li, Xinwen Cheng, Zhehao Huang, Xiaolin Huang, "Towards Natural Machine Unlearning",
 NeurIPS 2024 (arXiv 2405.15495).
-Official code ``ZhengbaoHe/NatMU`` @ f7b977e: ``sample-wise/natmu.py``, ``class-wise/natmu.py``,
+Official code https://github.com/ZhengbaoHe/NatMU @ f7b977e: ``sample-wise/natmu.py``, ``class-wise/natmu.py``,
 ``*/utils/generate_patch_data.py`` / ``generate_natural_data.py``, ``*/utils/lr_scheduler.py``,
 ``class-wise/utils/train.py::init_linear`` and the ``scripts/**/natmu.sh`` settings.
 
@@ -57,7 +57,7 @@ preset              lr       wd       delta    variant      reinit      bs     s
 ==================  =======  =======  =======  ===========  ==========  =====  ===============================
 cifar10             1e-3     2e-3     -0.19    sample-wise  none        128    scripts/cifar10 (VGG16-BN, 1 %)
 cifar100            1.1e-3   5e-4     -0.03    sample-wise  none        128    scripts/cifar100 (ResNet-18, 1 %)
-tinyimagenet        8.3e-4   7e-5     +0.045   sample-wise  none        256    methods.md 4.3 (ResNet-34, 1 %)
+tinyimagenet        8.3e-4   7e-5     +0.045   sample-wise  none        256    code, TinyImageNet (ResNet-34, 1 %)
 cifar100-class      2.8e-4   0        -0.053   class-wise   all         128    scripts/full-class ("rocket", -i)
 cifar20-subclass    9e-4     3.7e-4   -0.053   class-wise   none        128    scripts/sub-class ("rocket")
 digits-class        1e-2     5e-4     0        class-wise   none        128    ours (8x8 digits, MLP), see below
@@ -153,7 +153,9 @@ Decisions
 
 Diagnostics after ``unlearn``: ``last_top_classes`` (forget samples x k, the ranked wrong classes),
 ``last_partner_classes`` (forget samples x 4, after balancing), ``last_partner_indices`` (indices into D_r) and
-``last_mixed`` (the mixed instances as a ``Split``).
+``last_mixed`` (the mixed instances as a ``Split``). It reports ``variant``, ``delta``, ``reinit_linear``,
+``mixed_instances`` (how many mixed instances joined D_r), ``epochs`` and ``optimizer_steps`` as the run's
+diagnostics (the scorecard's ``method.diagnostics``).
 
 Task presets, measured (``preset="auto"``, the default, picks the one calibrated for the task at hand; the published
 values stay ``preset=paper``; ``muaudit describe natmu`` lists every preset). Each default run on the named task, by
@@ -498,7 +500,8 @@ class NatMU(UnlearningMethod):
 
     name = "natmu"
     summary = "NatMU: blend forget images with retain images of their top wrong classes (gradual MixUp), fine-tune."
-    paper = "He, Li, Cheng, Huang, Huang, Towards Natural Machine Unlearning, NeurIPS 2024"
+    paper = ("He, Li, Cheng, Huang and Huang, 'Towards Natural Machine Unlearning', NeurIPS 2024, arXiv:2405.15495; "
+             "code: github.com/ZhengbaoHe/NatMU")
     needs = frozenset({"retain"})
     presets = PRESETS
     params = (
@@ -535,4 +538,7 @@ class NatMU(UnlearningMethod):
         self.last_partner_indices = inst.partners
         self.last_mixed = inst.mixed
         reinit_linear(model, s.reinit_linear, ctx.generator("natmu", "reinit"))
+        self.report(variant=s.variant, delta=s.delta, reinit_linear=s.reinit_linear, mixed_instances=len(inst.mixed),
+                    epochs=s.epochs,
+                    optimizer_steps=s.epochs * math.ceil((len(retain) + len(inst.mixed)) / s.batch_size))
         return finetune(model, retain, inst.mixed, s, ctx)

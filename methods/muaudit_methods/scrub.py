@@ -18,7 +18,7 @@ train mode during both steps (so BatchNorm statistics are also updated on D_f in
 One optimiser (and its state) serves both steps, as in the notebooks. The extra-KD weight beta of
 ``train_distill`` is 0 in every published setting and is omitted.
 
-Presets (``preset``; SCRUB notebooks, methods.md 6.5):
+Presets (``preset``; SCRUB notebooks):
 
 | preset | optimizer | lr | wd | T | gamma | alpha | msteps | epochs | lr decay at | forget / retain batch |
 |---|---|---|---|---|---|---|---|---|---|---|

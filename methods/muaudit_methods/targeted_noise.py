@@ -13,7 +13,7 @@ Algorithm 1 (lines 2 to 17), pseudo-labels computed **once** on the pretrained m
     y' = y_hat    if y_hat != y and alpha >= delta      (keep the model's own mistake)
 
 Loss, eq. (1) (Section 3.2): ``L'(theta) = mean_{(x, y') in D'_f} CE(f_theta(x), y')^lambda``; the paper's
-formula divides by ``m`` twice, read as a mean (methods.md section 3). Update, eq. (2) and Algorithm 1 lines
+formula divides by ``m`` twice, read as a mean. Update, eq. (2) and Algorithm 1 lines
 19 to 22: ``while L'(theta) >= epsilon: theta <- theta - eta * grad L'(theta)`` with the gradient over all of
 D'_f, the step taken by Adam (Section 5, "Experiment Settings").
 
@@ -22,7 +22,7 @@ Hyperparameters:
 - ``delta`` = 0.0: the paper's experiments ("we set delta = 0"); ``1/C`` makes the model guess at random.
 - ``lam`` (lambda) = 3.0: the paper's two variants are lambda = 1 ("delta-Targeted^1") and lambda = 3
   ("delta-Targeted^3"); 3 is the default because the paper finds it better "in most cases when the size of
-  to-be-forgotten examples is large" (Sections 4 and 5.4), and it is the variant behind methods.md's headline
+  to-be-forgotten examples is large" (Sections 4 and 5.4), and it is the variant behind the paper's headline
   claim (Fashion-MNIST, |D_f| = 64: retain accuracy 90.0 vs 30.5 for NegGrad). Any lambda >= 1 is accepted.
 - ``lr`` = 1e-4 and ``weight_decay`` = 1e-5: Adam, "kept constant across all experiments" (Section 5).
 - ``epsilon`` = 0.05: the stopping threshold on L' (Algorithm 1 line 19). [DECISION] The paper gives no value.
@@ -59,7 +59,10 @@ Hyperparameters:
 Data needs: only the forget set (no retain data; the pretrained model is the private copy given to ``unlearn``).
 
 Diagnostics: after ``unlearn`` the instance exposes ``last_steps`` (optimiser steps taken), ``last_loss`` (the
-final L'), ``last_converged`` (L' < epsilon was reached) and ``last_pseudo_labels`` (y', CPU tensor).
+final L'), ``last_converged`` (L' < epsilon was reached) and ``last_pseudo_labels`` (y', CPU tensor); it reports
+``steps``, ``stop_reason`` ("converged": L' < epsilon, or "max-steps"), ``final_loss`` and ``relabelled`` (the
+number of forget examples whose pseudo-label differs from their label) as the run's diagnostics (the scorecard's
+``method.diagnostics``).
 
 Decisions:
 
@@ -134,8 +137,9 @@ class TargetedNoise(UnlearningMethod):
 
     name = "targeted-noise"
     summary = "delta-Targeted^lambda: fine-tune on D_f with targeted wrong labels and loss CE^lambda (no D_r)."
-    paper = ("'Towards Safe Machine Unlearning: a Paradigm that Mitigates Performance Degradation' (WWW'25), "
-             "Algorithm 1 and eqs. (1)-(2)")
+    paper = ("Ye, Lu and Zhang, 'Towards Safe Machine Unlearning: a Paradigm that Mitigates Performance "
+             "Degradation', The ACM Web Conference (WWW) 2025, doi:10.1145/3696410.3714638 (no arXiv version), "
+             "Algorithm 1 and eqs. (1)-(2); no public code")
     needs = frozenset()
     presets = PRESETS
     params = (
@@ -188,6 +192,8 @@ class TargetedNoise(UnlearningMethod):
                 self.last_steps += 1
                 bar.update(1)
         opt.zero_grad(set_to_none=True)
+        self.report(steps=self.last_steps, stop_reason="converged" if self.last_converged else "max-steps",
+                    final_loss=self.last_loss, relabelled=int((pseudo != forget.y).sum()))
         return model.eval()
 
     def _full_pass(self, model: nn.Module, relabelled: Split, ctx: MethodContext) -> float:

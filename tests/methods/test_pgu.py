@@ -327,3 +327,43 @@ def test_depoisoning_recovers_clean_test_accuracy(digits_setup):
 # ---------------------------------------------------------------------------------------- contract
 def test_generic_checks(digits_setup):
     check_method(digits_setup, load_method("pgu"), {**FAST, "epochs": 3})
+
+
+# ------------------------------------------------------------------------------ class-removal stop (issue 12)
+def test_chance_stop_fires_early_on_digits_class(digits_class_setup):
+    """Paper Section 3.2.3: class removal stops once the forget accuracy reaches chance (100 / K %). On digits-class
+    the code's 5-point validation-drop rule never fires (all 99 training epochs run); the chance rule stops within
+    a few epochs, at a forget accuracy of at most 10%, and says so in the diagnostics."""
+    plugin = load_method("pgu")
+    chance = run_method(digits_class_setup, plugin, {}, seed=0)
+    drop = run_method(digits_class_setup, plugin, {"class_stop": "drop"}, seed=0)
+    assert chance.params["class_stop"] == "chance"
+    d, full = chance.diagnostics, drop.diagnostics
+    assert d["mode"] == "class" and d["stop_reason"] == "forget-at-chance"
+    assert 1 <= d["epochs_trained"] <= 10 and d["kept_epoch"] == d["epochs_trained"]
+    assert d["kept_forget_acc"] <= 100.0 / 10
+    out = digits_class_setup.outputs(chance.model)
+    assert accuracy(out.forget_logits, out.forget_labels) * 100 == pytest.approx(d["kept_forget_acc"])
+    assert full["stop_reason"] == "max-epochs" and full["epochs_trained"] == 99
+
+
+def test_sample_mode_evaluates_the_validation_split_once_per_epoch(digits_setup, monkeypatch):
+    """In sample removal no class is removed, so the retained-class validation set is the validation set: it is not
+    evaluated a second time."""
+    import muaudit_methods.pgu as pgu_module
+
+    calls = []
+    real = pgu_module.accuracy_percent
+
+    def counting(model, split, device):
+        calls.append(len(split))
+        return real(model, split, device)
+
+    monkeypatch.setattr(pgu_module, "accuracy_percent", counting)
+    run = run_method(digits_setup, load_method("pgu"), FAST, seed=0)
+    epochs = run.diagnostics["kept_epoch"] + 1
+    assert run.diagnostics["mode"] == "sample"
+    n_val, n_forget = len(digits_setup.data.val), len(digits_setup.forget)
+    assert n_val != n_forget
+    assert calls.count(n_val) == len(calls) // 2 and calls.count(n_forget) == len(calls) // 2
+    assert len(calls) >= 2 * epochs

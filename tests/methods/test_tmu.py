@@ -166,7 +166,8 @@ def test_report_on_random_forgetting_and_alignment_with_gold(digits_setup):
     gold = setup.outputs(setup.golds[0].model)
     out = setup.outputs(model)
     gold_acc = accuracy(gold.forget_logits, gold.forget_labels)
-    assert report["forget_easy_fraction"] > 0.8
+    # (Was > 0.8: the classifier's all-easy collapse, issue 12. The balanced classifier marks a minority hard.)
+    assert 0.5 < report["forget_easy_fraction"] < 1.0
     assert abs(accuracy(out.forget_logits, out.forget_labels) - gold_acc) < 0.1
     assert accuracy(out.test_logits, out.test_labels) > accuracy(gold.test_logits, gold.test_labels) - 0.03
 
@@ -185,9 +186,12 @@ def test_full_class_forgetting_marks_absent_class_hard(digits_class_setup):
     out = setup.outputs(model)
     assert accuracy(out.forget_logits, out.forget_labels) < 0.1
     assert accuracy(out.retain_logits, out.retain_labels) > 0.95
-    # Without the rule the twin classifier (whose gold M_o knows class 3) calls most of them easy.
-    method, _, _ = _run_direct(setup, {**FAST, "epochs": 0, "absent_class_hard": False})
-    assert method.last_report["forget_easy_fraction"] > 0.5
+    # Without the rule the classifier's verdict stands; with plain BCE (whose gold M_o knows class 3) it calls most
+    # of them easy. (Plain BCE explicitly since issue 12: the balanced default is undertrained at FAST's 20 epochs.)
+    method, _, _ = _run_direct(setup, {**FAST, "epochs": 0, "absent_class_hard": False, "classifier_balance": "none"})
+    report = method.last_report
+    assert torch.equal(report["forget_easy"], report["forget_scores"] > 0.5)
+    assert report["forget_easy_fraction"] > 0.5
 
 
 # ---------------------------------------------------------------------------------- which model is tuned
@@ -209,3 +213,64 @@ def test_generic_contract(digits_setup):
     check_method(digits_setup, load_method("tmu"), FAST)
     run = run_method(digits_setup, load_method("tmu"), FAST, seed=0)
     assert isinstance(run.model, nn.Module)
+
+
+# ------------------------------------------------------------------------------------- issue 12: variants
+def test_balanced_pos_weight_and_signed_loss():
+    labels = torch.tensor([1, 1, 1, 0])
+    assert float(T.balanced_pos_weight(labels)) == pytest.approx(1 / 3)
+    assert T.balanced_pos_weight(torch.ones(4, dtype=torch.long)) is None
+    ce = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    ascend = torch.tensor([False, False, True, True])
+    assert float(T.signed_loss(ce, ascend)) == pytest.approx(1.5 - 6.0)  # mean(easy) - mean(hard): eq. 3 negated
+    assert float(T.signed_loss(ce, torch.zeros(4, dtype=torch.bool))) == pytest.approx(3.75)
+    assert float(T.signed_loss(ce, torch.ones(4, dtype=torch.bool))) == pytest.approx(-3.75)
+
+
+def test_paper_and_code_classifiers():
+    paper = T.make_classifier(3, 0, T.CLASSIFIERS["paper"].hidden)
+    code = T.make_classifier(3, 0, T.CLASSIFIERS["code"].hidden)
+    assert [m.out_features for m in paper if isinstance(m, nn.Linear)] == [64, 32, 1]
+    assert [m.out_features for m in code if isinstance(m, nn.Linear)] == [32, 16, 1]
+    assert T.CLASSIFIERS["paper"] == T.ClassifierRecipe((64, 32), "sgd", 100, 16)
+    assert T.CLASSIFIERS["code"] == T.ClassifierRecipe((32, 16), "adam", 200, 128)
+
+
+def test_plain_bce_collapses_to_all_easy_and_balanced_bce_does_not(digits_setup):
+    """Issue 12, measured on digits: the code's classifier with plain BCE marks every forget sample easy (balanced
+    accuracy 0.5 on its own twin data); the defaults (the paper's classifier, class-balanced BCE) find hard ones.
+    Both are read from the run's diagnostics."""
+    plugin = load_method("tmu")
+    plain = run_method(digits_setup, plugin, {"classifier": "code", "classifier_balance": "none", "epochs": 0})
+    d = plain.diagnostics
+    assert d["n_hard"] == 0 and d["classifier_balanced_accuracy"] == pytest.approx(0.5)
+    assert d["twin_easy_fraction"] > 0.9  # the imbalance behind the collapse
+    default = run_method(digits_setup, plugin, {"epochs": 0}).diagnostics
+    assert default["classifier"] == "paper" and default["classifier_balance"] == "balanced"
+    assert default["classifier_epochs"] == 100
+    assert default["classifier_balanced_accuracy"] > 0.75
+    assert 0 < default["n_hard"] < len(digits_setup.forget) / 2
+    assert default["n_easy"] + default["n_hard"] == len(digits_setup.forget)
+
+
+def test_eq3_ascends_on_hard_samples_without_retain_data(digits_setup):
+    """Eq. 3: the hard samples' loss rises (gradient ascent, true labels) while the easy ones' stays lower; the step
+    uses D_f only (re-running it on D_f alone with the same easy mask reproduces the model)."""
+    setup = digits_setup
+    params = {**FAST, "unlearn_step": "eq3", "epochs": 3, "lr": 0.01}
+    method, _, model = _run_direct(setup, params)
+    easy = method.last_report["forget_easy"]
+    assert 0 < int((~easy).sum()) < len(easy)
+
+    def ce(m, mask):
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(m(setup.forget.x[mask]), setup.forget.y[mask]))
+
+    assert ce(model, ~easy) > 3 * ce(setup.original, ~easy)
+    assert ce(model, easy) < ce(model, ~easy)
+    fresh = copy.deepcopy(setup.original)
+    ctx = method_context(setup, 0, None)
+    again = T.TMU(**params)
+    again._finetune(fresh, setup.forget.x, setup.forget.y, easy, ~easy, ctx)
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(fresh.state_dict()[name], tensor), name

@@ -74,3 +74,44 @@ def test_warns_when_forget_set_is_not_whole_classes(digits_setup):
 
 def test_generic_checks(digits_class_setup):
     check_method(digits_class_setup, load_method("unsir"), {})
+
+
+# ------------------------------------------------------------------------------------ noise count (issue 12)
+def test_noise_images_per_batch_rules():
+    from muaudit_methods.unsir import noise_images_per_batch
+
+    assert noise_images_per_batch("reference", 256, (3, 32, 32)) == 3  # the references' loop over batch[0].size(0)
+    assert noise_images_per_batch("reference", 256, (1, 8, 8)) == 1
+    assert noise_images_per_batch("reference", 2, (3, 32, 32)) == 2
+    assert noise_images_per_batch("intended", 256, (3, 32, 32)) == 256
+    with pytest.raises(ValueError):
+        noise_images_per_batch("other", 256, (1, 8, 8))
+
+
+@pytest.mark.parametrize("preset, rule, per_class", [("official", "reference", 20 * 1), ("paper", "reference", 20),
+                                                      ("ssd", "reference", 80 * 1), ("intended", "intended", 256 * 20)])
+def test_effective_noise_count_per_preset(digits_class_setup, monkeypatch, preset, rule, per_class):
+    """The impair set holds noise_copies x (channel count) noise images per class under the references' rule (1
+    channel here) and noise_copies x noise_batch_size under the intended one; counted in the impair set itself."""
+    import muaudit_methods.unsir as unsir_module
+
+    seen = []
+    real = unsir_module._train_epochs
+
+    def spy(model, split, *args):
+        seen.append(split)
+        return real(model, split, *args)
+
+    monkeypatch.setattr(unsir_module, "_train_epochs", spy)
+    small = {"noise_steps": 1, "retain_per_class": 5, "impair_epochs": 1, "repair_epochs": 0}
+    run = run_method(digits_class_setup, load_method("unsir"), {"preset": preset, **small}, seed=0)
+    assert run.params["noise_count_rule"] == rule
+    assert run.diagnostics["noise_images_per_class"] == per_class
+    impair = seen[0]
+    assert len(impair) == per_class + 5 * 9  # the noise of class 3, then 5 retain examples of each other class
+    assert int((impair.y == FORGET_CLASS).sum()) == per_class
+
+
+def test_noise_count_rule_overrides_the_preset():
+    assert UNSIR(preset="official", noise_count_rule="intended").settings()["noise_count_rule"] == "intended"
+    assert UNSIR(preset="digits-class").settings()["noise_count_rule"] == "intended"
