@@ -1,5 +1,7 @@
 """muaudit: audit machine unlearning against the gold model (the same recipe retrained without the forget set).
 
+Start with :func:`muaudit.audit` (one method) or :func:`muaudit.compare` (several), see :mod:`muaudit.api`.
+
 The core defines tasks, the model zoo, gold retraining, readouts, attack metrics and the scorecard; unlearning
 methods and membership-inference attacks are plugins found through the entry-point groups ``muaudit.methods`` and
 ``muaudit.attacks``. Heavy modules are imported lazily so that ``import muaudit`` stays cheap.
@@ -12,6 +14,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "audit": "muaudit.api",
+    "compare": "muaudit.api",
+    "prepare_audit": "muaudit.api",
+    "Comparison": "muaudit.compare",
+    "MethodFailure": "muaudit.compare",
+    "StateAdapter": "muaudit.adapt",
+    "TaskError": "muaudit.errors",
+    "PluginError": "muaudit.errors",
     "UnlearningMethod": "muaudit.base",
     "MembershipAttack": "muaudit.base",
     "MethodData": "muaudit.base",
@@ -39,3 +49,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'muaudit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (tab completion), although they are imported lazily."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

@@ -78,10 +78,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_audit_options(p: argparse.ArgumentParser) -> None:
-    _add_common(p)
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint of the original model (default: train one for the task)")
     p.add_argument("--arch", help="architecture of a bare state dict given with --model")
+    p.add_argument("--arch-factory", metavar="MODULE:CALLABLE",
+                   help="your own architecture: build(input_shape, n_classes, **options) -> nn.Module (no "
+                        "normalisation); hashed into the cache key by name and source")
+    p.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
+                   help="remove PREFIX from the checkpoint's keys, e.g. module. (repeatable)")
+    p.add_argument("--key-map", metavar="FILE|NAME",
+                   help="rename the checkpoint's keys: a JSON file {rename, patterns}, 'order' (by position, "
+                        "shapes must match) or a built-in map (torchvision-resnet18, kuangliu-resnet18)")
+    p.add_argument("--normalize", metavar="none|data|MEAN/STD",
+                   help="the input normalisation of a checkpoint without muaudit's normalize.* buffers")
+
+
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    _add_model_options(p)
     p.add_argument("--gold-seeds", type=int, default=2, metavar="K",
                    help=f"gold models to train (default 2, at most {MAX_GOLD_SEEDS} unless $MUAUDIT_MAX_GOLD_SEEDS "
                         "allows more)")
@@ -142,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--budget", type=int, default=None, metavar="N",
                       help="configurations to try, the method's defaults included (default 16)")
     _add_common(tune)
-    tune.add_argument("--model", help="checkpoint of the original model (default: train one for the task)")
-    tune.add_argument("--arch", help="architecture of a bare state dict given with --model")
+    _add_model_options(tune)
     tune.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                       help="fix a method hyperparameter (not searched; repeatable)")
     tune.add_argument("--out", help="directory to write tune.json and tune.md into")
@@ -175,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return ExitCode.USAGE_ERROR
+        _configure_logging(args)
         return _COMMANDS[args.command](args)
     except _UsageError as exc:
         return _fail(str(exc), ExitCode.USAGE_ERROR)
@@ -191,6 +205,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = str(exc).splitlines()[0] if str(exc) else ""
         return _fail(f"internal error: {type(exc).__name__}: {detail} (set MUAUDIT_DEBUG=1 for details)",
                      ExitCode.INTERNAL_ERROR)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """One stderr line per audit phase (the ``muaudit`` logger) when stderr is not a terminal, where progress bars
+    cannot be drawn (a pipe, a CI log); silent with ``--quiet`` and in a terminal (the bars show progress)."""
+    import logging
+
+    logger = logging.getLogger("muaudit")
+    if getattr(args, "quiet", True) or sys.stderr.isatty() or any(
+            getattr(h, "_muaudit_cli", False) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("muaudit: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _stderr_handler_class() -> type:
+    import logging
+
+    class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced after set-up)."""
+
+        _muaudit_cli = True
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
+    return StderrHandler
+
+
+def _StderrHandler() -> Any:  # noqa: N802 - a factory, so that logging is imported only when needed
+    return _stderr_handler_class()()
 
 
 def _silence_stdout() -> None:
@@ -248,8 +300,30 @@ def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
     cache, device = _runtime(args)
-    return prepare(_task(args), args.model, args.arch, args.data_root, gold_seeds if golds else 0, cache, device,
-                   progress=not args.quiet, retain_sample_size=_retain_sample(args))
+    task, arch, adapter = _model_source(args)
+    return prepare(task, args.model, arch, args.data_root, gold_seeds if golds else 0, cache, device,
+                   progress=not args.quiet, retain_sample_size=_retain_sample(args), adapter=adapter)
+
+
+def _model_source(args: argparse.Namespace) -> tuple[Any, str | None, Any]:
+    """The task (with a factory architecture when no checkpoint is given), the architecture and the adapter."""
+    from dataclasses import replace
+
+    from muaudit.adapt import StateAdapter, parse_normalize
+    from muaudit.factories import factory_arch
+    from muaudit.task import NAMED_TASKS, ModelSpec
+
+    task, arch = _task(args), args.arch
+    if getattr(args, "arch_factory", None):
+        if arch is not None:
+            raise _UsageError("give either --arch or --arch-factory, not both")
+        arch = factory_arch(args.arch_factory)
+        if args.model is None:  # train the original (and gold models) with the user's architecture
+            base = task or NAMED_TASKS["digits"]
+            task, arch = replace(base, model=ModelSpec(arch, base.model.options)), None
+    normalize = parse_normalize(args.normalize) if getattr(args, "normalize", None) else None
+    adapter = StateAdapter(tuple(getattr(args, "strip_prefix", ())), getattr(args, "key_map", None), normalize)
+    return task, arch, adapter
 
 
 def _retain_sample(args: argparse.Namespace) -> int | None:

@@ -54,6 +54,17 @@ class Comparison:
                 "gold_models": self.gold_models, "scorecards": [c.to_dict() for c in self.scorecards],
                 "failures": [asdict(f) for f in self.failures]}
 
+    def to_pandas(self) -> Any:
+        """Every scorecard's rows (:meth:`~muaudit.results.Scorecard.to_pandas`: readouts with intervals, verdicts
+        with bands) and one ``section="failure"`` row per failed method, its reason in ``verdict``."""
+        import pandas as pd
+
+        from muaudit.results import FRAME_COLUMNS
+
+        rows = [row for card in self.scorecards for row in card.rows()]
+        rows += [{"method": f.method, "section": "failure", "name": f.kind, "verdict": f.reason} for f in self.failures]
+        return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from muaudit.adapt import StateAdapter, adapt, suggest
 from muaudit.base import MembershipAttack, ModelOutputs
 from muaudit.cache import TensorCache
 from muaudit.checkpoint import Checkpoint, load_checkpoint, load_into, state_dict_sha256
@@ -199,21 +200,41 @@ def _checkpoint_task(ckpt: Checkpoint) -> Task:
     return task
 
 
-def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None = None,
+def _load_original(task: Task, data: DataBundle, ckpt: Checkpoint, adapter: StateAdapter
+                   ) -> tuple[nn.Module, tuple[str, ...]]:
+    """The checkpoint's weights in the task's architecture, through ``adapter`` (:mod:`muaudit.adapt`); a key
+    mismatch names the options that would fix it."""
+    model = fresh_model(task, data, 0)
+    template = model.state_dict()
+    adapted = adapt(ckpt.state_dict, template, adapter, ckpt.path)
+    try:
+        load_into(model, adapted.state, ckpt.path)
+    except CheckpointError as exc:
+        hint = suggest(ckpt.state_dict, template)
+        raise CheckpointError(f"{exc}; {'try ' + hint if hint else 'see --strip-prefix, --key-map, --arch-factory'}"
+                              ) from None
+    check_statistics(model, ckpt.path)
+    return model, adapted.notes
+
+
+def prepare(task: Task | None, checkpoint: str | Path | Checkpoint | None = None, arch: str | None = None,
             data_root: str | None = None, gold_count: int = 2, cache: TensorCache | None = None,
             device: torch.device | None = None, progress: bool = False,
-            retain_sample_size: int | None = DEFAULT_RETAIN_SAMPLE) -> AuditSetup:
+            retain_sample_size: int | None = DEFAULT_RETAIN_SAMPLE, adapter: StateAdapter | None = None
+            ) -> AuditSetup:
     """Load data, the original model and the gold models.
 
     The original comes from ``checkpoint`` (whose metadata names its task; a bare state dict needs ``task``) or,
     without one, is trained (and cached) from ``task``, which defaults to the named ``digits`` task.
     ``gold_count=0`` prepares everything but the gold models (``muaudit tune`` must never see them).
     ``retain_sample_size`` bounds the retain evaluation set of readouts and attacks (``None``: all of D_r).
+    ``checkpoint`` may also be an in-memory :class:`~muaudit.checkpoint.Checkpoint`; ``adapter`` says how to read
+    a foreign state dict (:mod:`muaudit.adapt`; the steps taken are recorded in ``original_source["adapted"]``).
     """
     from muaudit.task import NAMED_TASKS
 
     cache, device, timer = cache or TensorCache(), device or torch.device("cpu"), PhaseTimer()
-    ckpt = load_checkpoint(checkpoint) if checkpoint else None
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else (load_checkpoint(checkpoint) if checkpoint else None)
     source: dict[str, Any] = {"kind": "trained"}
     if ckpt is not None:
         task, source = original_from_checkpoint(ckpt, task, arch, data_root)
@@ -225,8 +246,9 @@ def prepare(task: Task | None, checkpoint: str | None = None, arch: str | None =
     bank = ShadowBank(task, data, cache, device, progress=progress)
     with timer("original"):
         if ckpt is not None:
-            original = load_into(fresh_model(task, data, 0), ckpt.state_dict, ckpt.path)
-            check_statistics(original, ckpt.path)
+            original, notes = _load_original(task, data, ckpt, adapter or StateAdapter())
+            if notes:
+                source["adapted"] = list(notes)
             original = original.to(device).eval()
         else:
             trained = train_original(bank)

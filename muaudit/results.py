@@ -20,6 +20,9 @@ from muaudit.serial import json_safe
 from muaudit.verdicts import Verdict
 
 SCHEMA_VERSION = "1.3"
+#: The columns of :meth:`Scorecard.to_pandas` (and of ``Comparison.to_pandas``, which adds failures).
+FRAME_COLUMNS = ("method", "section", "name", "unit", "unlearned", "original", "gold", "gap", "gold_spread_max",
+                 "interval_low", "interval_high", "band_low", "band_high", "verdict", "higher_is_better")
 READABLE_SCHEMAS = ("1.0", "1.1", "1.2", "1.3")
 
 
@@ -131,13 +134,26 @@ class Scorecard:
                    raw.get("signal"), raw["schema_version"])
 
     def to_pandas(self) -> Any:
-        """One row per readout (pandas is imported only here)."""
+        """A tidy frame (pandas is imported only here): one row per readout (``section="readout"``) with its
+        unit, values, gap, gold spread and the unlearned value's interval where one is given, then one row per
+        Streisand verdict (``section="verdict"``) with its value, interval, gold band and verdict."""
         import pandas as pd
 
-        rows = [{"method": self.method["name"], "readout": r.name, "unit": r.unit, "unlearned": r.unlearned,
+        return pd.DataFrame(self.rows(), columns=list(FRAME_COLUMNS))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of :meth:`to_pandas` as plain dicts."""
+        method = self.method["name"]
+        rows = [{"method": method, "section": "readout", "name": r.name, "unit": r.unit, "unlearned": r.unlearned,
                  "original": r.original, "gold": r.gold, "gap": r.gap, "gold_spread_max": r.spread_max,
-                 "higher_is_better": r.higher_is_better} for r in self.readouts]
-        return pd.DataFrame(rows)
+                 "interval_low": r.interval[0] if r.interval else None,
+                 "interval_high": r.interval[1] if r.interval else None, "band_low": None, "band_high": None,
+                 "verdict": None, "higher_is_better": r.higher_is_better} for r in self.readouts]
+        rows += [{"method": method, "section": "verdict", "name": v.check, "unit": None, "unlearned": v.unlearned,
+                  "original": v.original, "gold": v.gold, "gap": v.unlearned - v.gold, "gold_spread_max": None,
+                  "interval_low": v.interval[0], "interval_high": v.interval[1], "band_low": v.band[0],
+                  "band_high": v.band[1], "verdict": v.verdict, "higher_is_better": None} for v in self.verdicts]
+        return rows
 
     # ---------------------------------------------------------------------------------- rendering
     def to_text(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from muaudit.checkpoint import load_into
 from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError
 from muaudit.locks import entry_locks
+from muaudit.timing import LOG, LOG_AFTER_SECONDS
 from muaudit.task import Task
 from muaudit.training import check_trained, fresh_model, predict_logits, train_from_scratch
 from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
@@ -308,6 +310,9 @@ class ShadowBank:
                 "trainer": trainer, "train_seconds": own, "batch_seconds": total,
                 "batch_models": len(requests), "versions": versions()})
         self.n_trained += len(requests)
+        for request, own in zip(requests, seconds):  # after every check: a diverged model is an error, not progress
+            LOG.log(logging.INFO if own >= LOG_AFTER_SECONDS else logging.DEBUG, "trained the %s model (seed %d) in "
+                    "%.1f s", request.role, request.seed, own)
         return [model.to(self.device).eval() for model in models]
 
     def _derived_config(self, base: ModelRequest, label: Mapping[str, Any]) -> dict[str, Any]:

@@ -271,6 +271,10 @@ class Task:
         if payload["dataset"]["train_subset"] is None:  # absent before train_subset existed: old hashes stay valid
             payload["dataset"].pop("train_subset")
         payload["forget"]["path"] = None  # where an index file lives is not part of the experiment
+        if self.model.arch.startswith("factory:"):  # a user's builder: its source is part of the experiment
+            from muaudit.factories import factory_digest
+
+            payload["model"]["factory_sha256"] = factory_digest(self.model.arch)
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

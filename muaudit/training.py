@@ -181,11 +181,13 @@ class _NullBar:
 
 @contextmanager
 def progress_bar(total: int, description: str | None) -> Iterator[object]:
-    """A tqdm bar on stderr when ``description`` is given and stderr is a terminal; otherwise silent."""
-    if description is None or not sys.stderr.isatty():
+    """A ``tqdm.auto`` bar when ``description`` is given and there is someone to see it: stderr is a terminal, or
+    the code runs in a Jupyter kernel (whose stderr is not a terminal; ``tqdm.auto`` draws a notebook widget
+    there). Otherwise silent: piped runs get one log line per phase instead (:mod:`muaudit.timing`)."""
+    if description is None or not (sys.stderr.isatty() or "ipykernel" in sys.modules):
         yield _NullBar()
         return
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     with tqdm(total=total, desc=description, unit="batch", leave=False, file=sys.stderr) as bar:
         yield bar

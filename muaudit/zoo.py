@@ -132,14 +132,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """CIFAR-style ResNet-18: 3x3 stem with stride 1 and no max-pool."""
+    """ResNet-18 with torchvision's parameter names; CIFAR-style stem (3x3, stride 1, no max-pool) by default."""
 
-    def __init__(self, shape: tuple[int, ...], n_classes: int, width: int = 64) -> None:
+    def __init__(self, shape: tuple[int, ...], n_classes: int, width: int = 64, stem: str = "cifar") -> None:
         super().__init__()
         c, _, _ = _image_shape(shape, "resnet18")
-        self.conv1 = nn.Conv2d(c, width, 3, padding=1, bias=False)
+        if stem not in ("cifar", "imagenet"):
+            raise TypeError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        # "imagenet": torchvision's stem (7x7 stride-2 convolution and a 3x3 max-pool), so that a torchvision
+        # ResNet-18 state dict loads as it is (behind the "net." prefix); "cifar" (the default): 3x3, stride 1.
+        imagenet = stem == "imagenet"
+        self.conv1 = nn.Conv2d(c, width, 7 if imagenet else 3, stride=2 if imagenet else 1,
+                               padding=3 if imagenet else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
+        self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if imagenet else nn.Identity()
         widths = [width, 2 * width, 4 * width, 8 * width]
         layers, c_in = [], width
         for i, c_out in enumerate(widths):
@@ -151,7 +158,7 @@ class ResNet18(nn.Module):
         self.fc = nn.Linear(c_in, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
@@ -186,7 +193,19 @@ def build_model(
     options: Mapping[str, Any] | None = None,
     seed: int | None = None,
 ) -> ZooModel:
-    """Build ``arch`` for the given input shape and class count, freshly initialised under ``seed``."""
+    """Build ``arch`` for the given input shape and class count, freshly initialised under ``seed``.
+
+    ``arch`` is a zoo name or ``factory:MODULE:CALLABLE`` (:mod:`muaudit.factories`): a user's builder called as
+    ``build(input_shape, n_classes, **options)``, returning the network without normalisation.
+    """
+    if arch.startswith(FACTORY_PREFIX):
+        from muaudit.factories import resolve_factory
+
+        builder = resolve_factory(arch)
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = _call_builder(arch, builder, input_shape, n_classes, options)
+        return ZooModel(Normalize(mean, std, image=len(input_shape) == 3), net)
     if arch not in ARCHITECTURES:
         import difflib
 
@@ -201,6 +220,22 @@ def build_model(
     except TypeError as exc:
         raise TaskError(f"invalid options for architecture {arch!r}: {exc}") from None
     return ZooModel(Normalize(mean, std, image=len(input_shape) == 3), net)
+
+
+FACTORY_PREFIX = "factory:"
+
+
+def _call_builder(arch: str, builder: Callable[..., nn.Module], input_shape: Sequence[int], n_classes: int,
+                  options: Mapping[str, Any] | None) -> nn.Module:
+    try:
+        net = builder(tuple(input_shape), n_classes, **dict(options or {}))
+    except TypeError as exc:
+        raise TaskError(f"architecture factory {arch[len(FACTORY_PREFIX):]!r} cannot be called as "
+                        f"build(input_shape, n_classes, **options): {exc}") from None
+    if not isinstance(net, nn.Module):
+        raise TaskError(f"architecture factory {arch[len(FACTORY_PREFIX):]!r} returned {type(net).__name__}, "
+                        f"not a torch.nn.Module")
+    return net
 
 
 #: Every size option of the zoo's builders and its inclusive range (``depth`` may be 0: a linear model).

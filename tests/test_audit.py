@@ -114,7 +114,13 @@ def test_scorecard_json_round_trip_and_pandas(digits_setup, loss_attack):
     again = Scorecard.from_dict(raw)
     assert again.to_json() == card.to_json()
     frame = card.to_pandas()
-    assert list(frame["readout"]) == [r.name for r in card.readouts]
+    readouts, verdicts = frame[frame.section == "readout"], frame[frame.section == "verdict"]
+    assert list(readouts["name"]) == [r.name for r in card.readouts]
+    assert list(verdicts["verdict"]) == [v.verdict for v in card.verdicts]
+    assert list(verdicts["band_low"]) == [v.band[0] for v in card.verdicts]
+    with_interval = [r for r in card.readouts if r.interval is not None]
+    assert list(readouts.dropna(subset=["interval_low"])["interval_low"]) == [r.interval[0] for r in with_interval]
+    assert list(verdicts["interval_high"]) == [v.interval[1] for v in card.verdicts]
     assert "test_error" in card.to_text() and "| test_error |" in card.to_markdown()
     prov = raw["provenance"]
     assert prov["method_plugin"]["distribution"] == "muaudit"
