@@ -14,11 +14,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "audit": "muaudit.api",
     "compare": "muaudit.api",
     "prepare_audit": "muaudit.api",
-    "Comparison": "muaudit.compare",
-    "MethodFailure": "muaudit.compare",
+    "Comparison": "muaudit.comparison",
+    "MethodFailure": "muaudit.comparison",
     "StateAdapter": "muaudit.adapt",
     "TaskError": "muaudit.errors",
     "PluginError": "muaudit.errors",
@@ -42,10 +41,12 @@ _EXPORTS = {
     "MuauditError": "muaudit.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "audit", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "audit":  # the pipeline module, made callable: muaudit.audit(...) runs muaudit.api.audit
+        return import_module("muaudit.audit")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'muaudit' has no attribute {name!r}")

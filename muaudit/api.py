@@ -61,12 +61,12 @@ def compare(methods: Iterable[MethodLike], model: Any = None, *, params: Mapping
             strip_prefix: Sequence[str] = (), key_map: str | None = None, normalize: Any = None,
             data_root: str | None = None, progress: bool = True) -> Any:
     """Audit several methods on the same task, original and gold models; returns a
-    :class:`~muaudit.compare.Comparison` (a failing method is recorded there, the others still run).
+    :class:`~muaudit.comparison.Comparison` (a failing method is recorded there, the others still run).
 
     ``params`` maps a method's name to its hyperparameters.
     """
     from muaudit.audit import build_scorecard, run_method
-    from muaudit.compare import compare_methods
+    from muaudit.comparison import compare_methods
 
     params = dict(params or {})
     loaded = [method_plugin(m) for m in methods]

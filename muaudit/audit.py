@@ -1,5 +1,7 @@
 """The audit pipeline, kept thin: task -> models -> method -> outputs -> readouts and attacks -> verdicts -> scorecard.
 
+Calling this module, ``muaudit.audit(method, ...)``, runs the one-call API :func:`muaudit.api.audit`.
+
 Each stage has its own module: :mod:`muaudit.models` (:func:`prepare`: data, original and gold models),
 :mod:`muaudit.runs` (:func:`run_method`), :mod:`muaudit.attacking` (:func:`run_attack`), :mod:`muaudit.scoring`
 (readouts, signal, verdicts, provenance). :func:`build_scorecard` strings them together; this module also
@@ -7,6 +9,8 @@ re-exports each stage's entry points, so ``from muaudit.audit import prepare, ru
 """
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any, Sequence
 
 from muaudit.attacking import AttackResults, AttackRun, attack_context, run_attack
@@ -48,3 +52,17 @@ def build_scorecard(setup: AuditSetup, run: MethodRun, attacks: AttackSpec | Seq
         with timer(f"attack:{plugin.spec.name}"):
             results.append(run_attack(setup, plugin, run, params))
     return assemble_scorecard(setup, run, results, challenge_models, timer)
+
+
+class _CallableModule(types.ModuleType):
+    """``muaudit.audit`` is both this module (``from muaudit.audit import prepare`` keeps working) and the
+    one-call API :func:`muaudit.api.audit` (``muaudit.audit("finetune")``): the package attribute and the submodule
+    share one name, so the module itself is made callable."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Scorecard:
+        from muaudit.api import audit
+
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -522,7 +522,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _check_tune_options(args, args.tune or None)
     _check_out_dir(args.out)
     from muaudit.audit import add_golds, build_scorecard, run_method
-    from muaudit.compare import compare_methods
+    from muaudit.comparison import compare_methods
 
     loaded = [_load_method(n, pairs[n]) for n in names]
     attacks = _load_attacks(args.attacks, args.attack_arg)
