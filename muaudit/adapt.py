@@ -12,9 +12,12 @@ muaudit's models are ``ZooModel(normalize, net)``: the keys are ``net.<layer key
    leading ``Flatten``, whose layer indices are shifted by one);
 3. the ``net.`` prefix is added when the keys carry none and every key then belongs to the model;
 4. ``normalize``: the normalisation the model was trained with, when the checkpoint holds no ``normalize.*``
-   buffers: ``"none"`` (inputs used as they are: mean 0, std 1), ``"data"`` (the task's training-set statistics,
-   as muaudit's own models use), or explicit per-channel ``(mean, std)``. It is never guessed: a model trained on
-   raw inputs and one trained on standardised inputs need different values.
+   buffers: ``"none"`` (inputs used as they are: mean 0, std 1), ``"data"`` (what muaudit's own models of the
+   task use: the training-set statistics, or none when the task's ``model.normalize`` is ``"none"``), or explicit
+   per-channel ``(mean, std)``. It is never guessed: a model trained on raw inputs and one trained on standardised
+   inputs need different values. A task whose ``[model]`` says ``normalize = "none"`` declares it for the
+   original *and* the gold models, which is what a model trained on raw inputs needs: with ``--normalize none``
+   alone, the gold models would still be trained on standardised inputs.
 
 Every step taken is recorded (:attr:`AdaptedState.notes`) and goes into the scorecard's provenance. When the keys
 still do not match, :func:`suggest` names the options that would make them match.
@@ -49,6 +52,10 @@ class StateAdapter:
     strip_prefix: tuple[str, ...] = ()
     key_map: str | None = None  # a built-in name, "order", or a JSON file path
     normalize: str | tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_map is not None and self.key_map != "order" and self.key_map not in BUILTIN_KEY_MAPS:
+            _read_key_map(self.key_map)  # a missing or malformed file fails before any work
 
     @property
     def active(self) -> bool:
@@ -107,8 +114,11 @@ def adapt(state: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor
         if adapter.normalize is None:
             raise CheckpointError(f"{source}: holds no normalisation buffers ({', '.join(missing_norm)}); declare "
                                   f"how its inputs were normalised with --normalize none|data|MEAN/STD")
-        out.update(_normalisation(adapter.normalize, template))
-        notes.append(f"normalisation declared: {_describe_norm(adapter.normalize)}")
+        filled = _normalisation(adapter.normalize, template)
+        out.update(filled)
+        notes.append(f"normalisation declared: {_describe_norm(adapter.normalize)} (mean "
+                     f"{[round(v, 4) for v in filled['normalize.mean'].flatten().tolist()]}, std "
+                     f"{[round(v, 4) for v in filled['normalize.std'].flatten().tolist()]})")
     return AdaptedState(out, tuple(notes))
 
 
@@ -178,12 +188,15 @@ def _normalisation(normalize: str | tuple[tuple[float, ...], tuple[float, ...]],
 
 
 def _describe_norm(normalize: str | tuple[tuple[float, ...], tuple[float, ...]]) -> str:
-    return normalize if isinstance(normalize, str) else f"mean {list(normalize[0])}, std {list(normalize[1])}"
+    return {"data": "the task's", "none": "none"}.get(normalize, "explicit") if isinstance(normalize, str) \
+        else "explicit"
 
 
 def suggest(state: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]) -> str | None:
     """An adapter setting under which ``state``'s keys would match the model, as CLI options, or ``None``."""
-    candidates: list[tuple[str, StateAdapter]] = [("--strip-prefix module.", StateAdapter(("module.",)))]
+    candidates: list[tuple[str, StateAdapter]] = [("", StateAdapter())]
+    if any(k.startswith("module.") for k in state):
+        candidates.append(("--strip-prefix module.", StateAdapter(("module.",))))
     candidates += [(f"--key-map {name}", StateAdapter(key_map=name)) for name in BUILTIN_KEY_MAPS]
     candidates += [("--key-map order", StateAdapter(key_map="order"))]
     wanted = {k for k in template if not k.startswith("normalize.")}
@@ -195,7 +208,8 @@ def suggest(state: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tens
         if {k for k in mapped.state if not k.startswith("normalize.")} == wanted and all(
                 tuple(mapped.state[k].shape) == tuple(template[k].shape) for k in wanted):
             needs_norm = not any(k in state for k in NORMALIZE_KEYS)
-            return options + (" --normalize none|data|MEAN/STD" if needs_norm else "")
+            text = " ".join(filter(None, [options, "--normalize none|data|MEAN/STD" if needs_norm else ""]))
+            return text or None
     return None
 
 

@@ -116,7 +116,7 @@ def _task_and_arch(task: Any, arch: Any, trains_original: bool) -> tuple[Any, st
         return resolved, None
     name = factory_arch(arch) if callable(arch) or ":" in str(arch) else str(arch)
     if trains_original:  # no checkpoint: the original and gold models are built with this architecture
-        return replace(resolved, model=ModelSpec(name, resolved.model.options)), None
+        return replace(resolved, model=ModelSpec(name, resolved.model.options, resolved.model.normalize)), None
     return resolved, name
 
 

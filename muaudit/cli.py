@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=fmt)
     _add_common(train)
     train.add_argument("--out", required=True, help="checkpoint path (.pt or .safetensors)")
+    train.add_argument("--arch-factory", metavar="MODULE:CALLABLE",
+                       help="train your own architecture: build(input_shape, n_classes, **options) -> nn.Module")
     score = sub.add_parser("score", help="audit one method and print its scorecard", epilog=_EPILOGS["score"],
                            formatter_class=fmt)
     score.add_argument("--method", required=True, help="method name (or dist:name)")
@@ -281,6 +283,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cache, device = _runtime(args)
     task = (_task(args) or NAMED_TASKS["digits"]).with_data_root(args.data_root)
+    if args.arch_factory:
+        from dataclasses import replace
+
+        from muaudit.factories import factory_arch
+        from muaudit.task import ModelSpec
+
+        task = replace(task, model=ModelSpec(factory_arch(args.arch_factory), task.model.options, task.model.normalize))
     data = task.dataset.load()
     task = task.materialise(data)
     trained = train_original(ShadowBank(task, data, cache, device, progress=not args.quiet))
@@ -320,7 +329,7 @@ def _model_source(args: argparse.Namespace) -> tuple[Any, str | None, Any]:
         arch = factory_arch(args.arch_factory)
         if args.model is None:  # train the original (and gold models) with the user's architecture
             base = task or NAMED_TASKS["digits"]
-            task, arch = replace(base, model=ModelSpec(arch, base.model.options)), None
+            task, arch = replace(base, model=ModelSpec(arch, base.model.options, base.model.normalize)), None
     normalize = parse_normalize(args.normalize) if getattr(args, "normalize", None) else None
     adapter = StateAdapter(tuple(getattr(args, "strip_prefix", ())), getattr(args, "key_map", None), normalize)
     return task, arch, adapter

@@ -2,7 +2,8 @@
 
 A builder is called as ``build(input_shape, n_classes, **options)`` and returns the network *without*
 normalisation (muaudit puts its normalisation layer in front, as for the zoo's architectures, so the model's keys
-are ``net.<your keys>``). It is given on the command line as ``--arch-factory pkg.module:build`` (importable), or
+are ``net.<your keys>``). It is given on the command line as ``--arch-factory pkg.module:build`` (importable, or a
+module in the working directory), or
 from Python as the callable itself (:func:`factory_arch` registers it for this process, so a function defined in a
 notebook works too).
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable
 
 from muaudit.errors import TaskError
@@ -46,7 +49,7 @@ def resolve_factory(arch: str) -> Callable[..., Any]:
         return _REGISTERED[arch]
     module_name, _, qualname = arch[len(PREFIX):].partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure of the user's module is one clear line
         raise TaskError(f"architecture factory {arch[len(PREFIX):]!r}: cannot import {module_name!r}: "
                         f"{type(exc).__name__}: {exc}") from None
@@ -57,6 +60,18 @@ def resolve_factory(arch: str) -> Callable[..., Any]:
     if not callable(obj):
         raise TaskError(f"architecture factory {arch[len(PREFIX):]!r} is not callable")
     return obj
+
+
+def _import(module_name: str) -> Any:
+    """Import ``module_name``; a module in the working directory is found as ``python -m`` would find it (the
+    ``muaudit`` console script does not put the working directory on ``sys.path``)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.partition(".")[0] or os.getcwd() in sys.path:
+            raise
+        sys.path.insert(0, os.getcwd())
+        return importlib.import_module(module_name)
 
 
 def factory_digest(arch: str) -> str:

@@ -174,7 +174,7 @@ def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | No
     if task is None:
         raise CheckpointError(f"{ckpt.path} is a bare state dict without muaudit metadata: pass --task (and --arch)")
     if arch is not None:
-        task = replace(task, model=ModelSpec(arch, task.model.options))
+        task = replace(task, model=ModelSpec(arch, task.model.options, task.model.normalize))
     return task.with_data_root(data_root), {**record, "bare": True}
 
 
@@ -206,6 +206,8 @@ def _load_original(task: Task, data: DataBundle, ckpt: Checkpoint, adapter: Stat
     mismatch names the options that would fix it."""
     model = fresh_model(task, data, 0)
     template = model.state_dict()
+    if adapter.normalize is None and task.model.normalize == "none":  # the task declares raw inputs
+        adapter = replace(adapter, normalize="data")
     adapted = adapt(ckpt.state_dict, template, adapter, ckpt.path)
     try:
         load_into(model, adapted.state, ckpt.path)

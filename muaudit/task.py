@@ -128,12 +128,23 @@ class ForgetSpec:
         _check_type("forget target", self.target, int, optional=True)
 
 
+NORMALIZATIONS = ("data", "none")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture name from the model zoo and its keyword options (e.g. ``width``)."""
+    """Architecture name from the model zoo (or ``factory:MODULE:CALLABLE``) and its keyword options (e.g.
+    ``width``). ``normalize`` is the input normalisation in front of the network: ``"data"`` (the training set's
+    per-channel mean and std, muaudit's default) or ``"none"`` (raw inputs), for models trained outside muaudit
+    without it; the original, the gold models and every shadow use the same."""
 
     arch: str = "mlp"
     options: Mapping[str, Any] = field(default_factory=dict)
+    normalize: str = "data"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise TaskError(f"model normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
 
 
 @dataclass(frozen=True)
@@ -271,6 +282,8 @@ class Task:
         if payload["dataset"]["train_subset"] is None:  # absent before train_subset existed: old hashes stay valid
             payload["dataset"].pop("train_subset")
         payload["forget"]["path"] = None  # where an index file lives is not part of the experiment
+        if self.model.normalize == "data":  # the default, absent before it existed: old hashes stay valid
+            payload["model"].pop("normalize")
         if self.model.arch.startswith("factory:"):  # a user's builder: its source is part of the experiment
             from muaudit.factories import factory_digest
 
@@ -319,7 +332,7 @@ class Task:
         sections = {
             "dataset": asdict(self.dataset),
             "forget": asdict(self.forget),
-            "model": {"arch": self.model.arch},
+            "model": {"arch": self.model.arch, "normalize": self.model.normalize},
             "model.options": dict(self.model.options),
             "recipe": asdict(self.recipe),
         }
@@ -398,7 +411,8 @@ def _task_from_mapping(raw: Mapping[str, Any]) -> Task:
     if unknown:
         raise TaskError(f"invalid task specification: unknown key {unknown[0]!r}")
     model_raw = dict(_section(raw, "model"))
-    model = ModelSpec(arch=model_raw.pop("arch", "mlp"), options=dict(_section(model_raw, "options", "model.")))
+    model = ModelSpec(arch=model_raw.pop("arch", "mlp"), options=dict(_section(model_raw, "options", "model.")),
+                      normalize=model_raw.pop("normalize", "data"))
     model_raw.pop("options", None)
     if model_raw:
         raise TaskError(f"invalid task specification: unknown model key {sorted(model_raw)[0]!r}")
@@ -618,8 +632,9 @@ NAMED_TASKS: dict[str, Task] = {
 def spec_key(task: Task) -> tuple[Any, ...]:
     """What makes two tasks the same experiment before materialisation: everything but the display name, the data
     root and the drawn indices."""
-    return (task.dataset.name, task.dataset.val_fraction, task.dataset.train_subset, task.forget, task.model.arch,
-            tuple(sorted(dict(task.model.options).items())), task.recipe, task.seed)
+    key = (task.dataset.name, task.dataset.val_fraction, task.dataset.train_subset, task.forget, task.model.arch,
+           tuple(sorted(dict(task.model.options).items())), task.recipe, task.seed)
+    return key if task.model.normalize == "data" else (*key, task.model.normalize)
 
 
 def spec_digest(task: Task) -> str:

@@ -78,7 +78,10 @@ class ModelFactory:
 
     @classmethod
     def of(cls, task: Task, data: DataBundle, device: torch.device | None = None) -> "ModelFactory":
-        return cls(task.model.arch, tuple(data.input_shape), data.n_classes, tuple(data.mean), tuple(data.std),
+        raw = task.model.normalize == "none"
+        mean = tuple(0.0 for _ in data.mean) if raw else tuple(data.mean)
+        std = tuple(1.0 for _ in data.std) if raw else tuple(data.std)
+        return cls(task.model.arch, tuple(data.input_shape), data.n_classes, mean, std,
                    tuple(sorted(dict(task.model.options or {}).items())), device)
 
     def __call__(self, seed: int) -> ZooModel:
