@@ -378,7 +378,7 @@ def test_from_dict_defaults_and_to_dict():
     assert task.name == "custom" and task.dataset == DatasetSpec() and task.forget == ForgetSpec()
     assert task.model == ModelSpec() and task.recipe == Recipe() and task.seed == 0
     out = task.to_dict()
-    assert out["forget_indices"] is None and out["model"] == {"arch": "mlp", "options": {}}
+    assert out["forget_indices"] is None and out["model"] == {"arch": "mlp", "options": {}, "normalize": "data"}
 
 
 @pytest.mark.parametrize(
