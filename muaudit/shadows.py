@@ -31,7 +31,7 @@ from muaudit.checkpoint import load_into
 from muaudit.data import DataBundle, Split
 from muaudit.errors import CheckpointError, PluginValidationError
 from muaudit.locks import entry_locks
-from muaudit.timing import LOG, LOG_AFTER_SECONDS
+from muaudit.timing import LOG, log_after_seconds
 from muaudit.task import Task
 from muaudit.training import check_trained, fresh_model, predict_logits, train_from_scratch
 from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
@@ -311,7 +311,7 @@ class ShadowBank:
                 "batch_models": len(requests), "versions": versions()})
         self.n_trained += len(requests)
         for request, own in zip(requests, seconds):  # after every check: a diverged model is an error, not progress
-            LOG.log(logging.INFO if own >= LOG_AFTER_SECONDS else logging.DEBUG, "trained the %s model (seed %d) in "
+            LOG.log(logging.INFO if own >= log_after_seconds() else logging.DEBUG, "trained the %s model (seed %d) in "
                     "%.1f s", request.role, request.seed, own)
         return [model.to(self.device).eval() for model in models]
 

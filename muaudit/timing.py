@@ -18,6 +18,16 @@ LOG = logging.getLogger("muaudit")
 LOG_AFTER_SECONDS = 1.0
 
 
+def log_after_seconds() -> float:
+    """:data:`LOG_AFTER_SECONDS`, or ``$MUAUDIT_LOG_AFTER_SECONDS`` when set to a number (0 logs every phase)."""
+    import os
+
+    try:
+        return float(os.environ["MUAUDIT_LOG_AFTER_SECONDS"])
+    except (KeyError, ValueError):
+        return LOG_AFTER_SECONDS
+
+
 class PhaseTimer:
     """Accumulates seconds per named phase: ``with timer("inference"): ...``."""
 
@@ -32,4 +42,4 @@ class PhaseTimer:
         finally:
             elapsed = time.perf_counter() - start
             self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
-        LOG.log(logging.INFO if elapsed >= LOG_AFTER_SECONDS else logging.DEBUG, "%s done in %.1f s", phase, elapsed)
+        LOG.log(logging.INFO if elapsed >= log_after_seconds() else logging.DEBUG, "%s done in %.1f s", phase, elapsed)
