@@ -13,11 +13,14 @@ is a deterministic function of the inputs and seeds.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from muaudit.serial import json_safe
 from muaudit.verdicts import Verdict
+
+if TYPE_CHECKING:
+    from muaudit.arrays import AuditArrays
 
 SCHEMA_VERSION = "1.3"
 READABLE_SCHEMAS = ("1.0", "1.1", "1.2", "1.3")
@@ -94,6 +97,8 @@ class Scorecard:
     challenge: dict[str, Any] | None = None
     signal: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
+    #: The audit's per-example arrays (:mod:`muaudit.arrays`; ``arrays.npz`` beside the JSON, never in it).
+    arrays: "AuditArrays | None" = field(default=None, compare=False, repr=False)
 
     @property
     def diagnostics(self) -> dict[str, Any]:
@@ -108,7 +113,8 @@ class Scorecard:
 
     # ------------------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, arrays=None))
+        out.pop("arrays")
         out["readouts"] = [asdict(r) | {"gold_spread": list(r.gold_spread)} for r in self.readouts]
         out["verdicts"] = [asdict(v) for v in self.verdicts]
         return json_safe(out)
