@@ -111,6 +111,26 @@ class Scorecard:
                 return item
         raise KeyError(name)
 
+    def interval(self, name: str) -> tuple[float, float] | None:
+        """The unlearned value's 95% sampling interval for readout ``name``, where the audit has one: the readout's
+        own, its attack's bootstrap or Clopper-Pearson interval (``mia_<attack>_<metric>``), or the matching
+        Streisand check's (forget error from ``forget_accuracy``, mean D_f entropy from ``forget_entropy``)."""
+        readout = self.readout(name)
+        if readout.interval is not None:
+            return tuple(readout.interval)  # type: ignore[return-value]
+        for report in self.attacks:
+            metric = name.removeprefix(f"mia_{report.name}_") if name.startswith(f"mia_{report.name}_") else None
+            found = (report.unlearned.get("intervals") or {}).get(metric) if metric else None
+            if found is not None:
+                return float(found[0]), float(found[1])
+        checks = {v.check: v for v in self.verdicts}
+        if name == "forget_error" and "forget_accuracy" in checks:
+            low, high = checks["forget_accuracy"].interval
+            return 100 * (1 - high), 100 * (1 - low)
+        if name == "forget_entropy_mean" and "forget_entropy" in checks:
+            return tuple(checks["forget_entropy"].interval)  # type: ignore[return-value]
+        return None
+
     # ------------------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         out = asdict(replace(self, arrays=None))
