@@ -100,8 +100,9 @@ def roc(obj: "Scorecard | Comparison", attack: str | None = None, *, arrays: Aud
         unlearned = data.unlearned
     else:  # the scorecard's summary points: unlearned, original and the first gold only
         report = next(a for a in cards[0].attacks if a.name == attack)
-        curves = {r if r != "gold" else "gold_0": (np.asarray(p["fpr"]), np.asarray(p["tpr"]))
-                  for r, p in report.roc.items()}
+        curves = {role: (np.asarray(report.roc[key]["fpr"]), np.asarray(report.roc[key]["tpr"]))
+                  for role, key in (("unlearned", "unlearned"), ("original", "original"), ("gold_0", "gold"))
+                  if key in report.roc}
         n_neg = int(report.unlearned["n_nonmembers"])
         unlearned = ("unlearned",)
     golds = [r for r in curves if r.startswith("gold_")]
