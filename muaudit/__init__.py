@@ -41,12 +41,12 @@ _EXPORTS = {
     "MuauditError": "muaudit.errors",
 }
 
-__all__ = ["__version__", "audit", *_EXPORTS]
+__all__ = ["__version__", "audit", "plot", "report", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "audit":  # the pipeline module, made callable: muaudit.audit(...) runs muaudit.api.audit
-        return import_module("muaudit.audit")
+    if name in ("audit", "plot", "report"):  # submodules; muaudit.audit is callable (runs muaudit.api.audit)
+        return import_module(f"muaudit.{name}")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'muaudit' has no attribute {name!r}")

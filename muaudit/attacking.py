@@ -10,13 +10,15 @@ Metrics and their intervals are computed centrally (:mod:`muaudit.metrics`), nev
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from torch import nn
 
+from muaudit.arrays import Scores
 from muaudit.base import AttackContext, AttackScores, MembershipAttack, ModelOutputs
 from muaudit.errors import ParameterError, PluginValidationError
 from muaudit.metrics import AttackMetrics, MetricIntervals, attack_metrics, confidence_intervals, roc_summary
@@ -30,13 +32,15 @@ from muaudit.training import derive_seed
 
 @dataclass(frozen=True)
 class AttackRun:
-    """One attack applied to one model: its scores' metrics, intervals, ROC summary and settings."""
+    """One attack applied to one model: its scores' metrics, intervals, ROC summary and settings, and the scores
+    themselves (kept out of the scorecard JSON; :mod:`muaudit.arrays`)."""
 
     metrics: AttackMetrics
     intervals: MetricIntervals
     roc: dict[str, list]
     settings: dict[str, Any]
     most_exposed: tuple[dict[str, float], ...] = ()
+    scores: Scores | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -88,31 +92,69 @@ def _attack_run(attack: MembershipAttack, outputs: ModelOutputs, ctx: AttackCont
                                         f"1-D array of finite numbers)")
     metrics = attack_metrics(members, nonmembers, scores.threshold)
     intervals = confidence_intervals(members, nonmembers, metrics.threshold, derive_seed(ctx.seed, "ci", ctx.role))
+    positions = scores.settings.get("member_positions")
     return AttackRun(metrics, intervals, roc_summary(members, nonmembers), dict(scores.settings),
-                     _most_exposed(members, scores.settings.get("member_positions")))
+                     _most_exposed(members, positions), Scores.of(members, nonmembers, positions))
 
 
-ATTACK_RUN_SCHEMA = 1
+#: 2: the scores are cached too, in a companion ``.npz`` whose digest the JSON records.
+ATTACK_RUN_SCHEMA = 2
 
 
 def reference_run(setup: AuditSetup, model: nn.Module, role: str, identity: dict[str, Any],
                   compute: Callable[[nn.Module, str], AttackRun]) -> AttackRun:
     """The attack run of an original or gold model: from the cache when present and valid, else computed and
-    stored (JSON, best effort: an unwritable cache only costs time)."""
+    stored (best effort: an unwritable cache only costs time). The run is stored as JSON, its scores in a
+    companion ``.npz`` written first; the JSON records the scores' digest, so a missing, stale or damaged
+    companion makes the entry a miss."""
     config = {"role": "attack-run", "schema": ATTACK_RUN_SCHEMA, "model_role": role,
               "outputs": setup.outputs_identity(model), **identity}
     path = Path(setup.cache.root) / "attack-runs" / f"{setup.cache.key(config)}.json"
     expected = json.loads(json.dumps(config, default=str))
+    cached = _read_cached_run(path, expected)
+    if cached is not None:
+        return cached
+    run = compute(model, role)
+    payload = json_safe(asdict(replace(run, scores=None)))
+    payload.pop("scores")
+    if run.scores is not None and _write_scores(path.with_suffix(".npz"), run.scores):
+        _write_json(path, {"config": expected, "run": payload, "sha256": _digest(payload),
+                           "scores_sha256": run.scores.digest()})
+    return run
+
+
+def _read_cached_run(path: Path, expected: dict[str, Any]) -> AttackRun | None:
+    """The cached run at ``path`` with its scores, or ``None`` when absent, stale or damaged."""
     try:
         stored = json.loads(path.read_text())
-        if stored.get("config") == expected and stored.get("sha256") == _digest(stored["run"]):
-            return _run_from_dict(stored["run"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    run = compute(model, role)
-    payload = json_safe(asdict(run))
-    _write_json(path, {"config": expected, "run": payload, "sha256": _digest(payload)})
-    return run
+        if stored.get("config") != expected or stored.get("sha256") != _digest(stored["run"]):
+            return None
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as raw:
+            scores = Scores(raw["members"], raw["nonmembers"], raw["member_positions"])
+        if scores.digest() != stored.get("scores_sha256"):
+            return None
+        return replace(_run_from_dict(stored["run"]), scores=scores)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _write_scores(path: Path, scores: Scores) -> bool:
+    """Store ``scores`` as ``path`` (.npz, atomically); False when the cache is not writable."""
+    import os
+    import tempfile
+
+    from muaudit.arrays import npz_bytes
+    from muaudit.files import publish
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(npz_bytes(scores.as_arrays()))
+        publish(tmp, path)
+        return True
+    except OSError:
+        return False
 
 
 def _digest(payload: Any) -> str:

@@ -16,7 +16,7 @@ import tempfile
 import traceback
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_BUDGET, DEFAULT_PROXIES, DEFAULT_PROXY_GOLDS, MAX_GOLD_SEEDS
 
@@ -491,7 +491,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     card = build_scorecard(setup, run, attacks, args.challenge_models)
     _report_signal(setup, card)
     return _emit(card.to_json() if args.json else card.to_text(), args.out,
-                 {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()})
+                 {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()}, lambda: _report(card))
 
 
 def _split_prefixed(names: list[str], pairs: Sequence[str], form: str, option: str) -> dict[str, list[str]]:
@@ -561,7 +561,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
               f"{failure.reason}", file=sys.stderr)
     text = comparison.to_json() if args.json else comparison.to_markdown()
     files = {"comparison.json": comparison.to_json(), "comparison.md": comparison.to_markdown()}
-    written = _emit(text, args.out, files)
+    written = _emit(text, args.out, files, lambda: _report(comparison))
     if written != ExitCode.OK:
         return written
     if comparison.interrupted:
@@ -653,30 +653,51 @@ def _check_out_dir(out: str | None) -> None:
         raise _UsageError(f"--out {out}: {existing} is not writable")
 
 
-def _emit(text: str, out: str | None, files: dict[str, str]) -> int:
+def _report(result: Any) -> dict[str, str | bytes]:
+    """``report.html``, ``arrays.npz`` and ``roc.npz`` of a scorecard or comparison (matplotlib loads here)."""
+    from muaudit.report import report_files
+
+    return report_files(result)
+
+
+def _emit(text: str, out: str | None, files: dict[str, str | bytes],
+          extra: Callable[[], dict[str, str | bytes]] | None = None) -> int:
     """Write the result files (when ``--out`` is given), then print ``text``; if writing fails after all, the
-    result is still printed, then the failure is reported (exit 2): an audit's result is never lost."""
-    failure = None
+    result is still printed, then the failure is reported (exit 2): an audit's result is never lost. ``extra``
+    renders further files (the report); if that fails, the other files are still written and the failure is
+    reported as an internal error (exit 4)."""
+    failure, code = None, ExitCode.USAGE_ERROR
     if out:
+        files = dict(files)
+        if extra is not None:
+            try:
+                files.update(extra())
+            except Exception as exc:  # noqa: BLE001 - a report bug must not lose the audit's result
+                if os.environ.get("MUAUDIT_DEBUG"):
+                    traceback.print_exc()
+                failure, code = (f"internal error: could not render the report ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); the other files were "
+                                 f"written"), ExitCode.INTERNAL_ERROR
         try:
             _write_outputs(Path(out), files)
         except OSError as exc:
-            failure = f"could not write --out {out}: {exc.strerror or exc}; the result is printed above instead"
+            failure, code = (f"could not write --out {out}: {exc.strerror or exc}; the result is printed above "
+                             f"instead"), ExitCode.USAGE_ERROR
     print(text)
-    return _fail(failure, ExitCode.USAGE_ERROR) if failure else ExitCode.OK
+    return _fail(failure, code) if failure else ExitCode.OK
 
 
-def _write_outputs(directory: Path, files: dict[str, str]) -> None:
+def _write_outputs(directory: Path, files: dict[str, str | bytes]) -> None:
     """Write every file to a temporary name first, then rename all: no half-written output."""
     from muaudit.files import publish
 
     directory.mkdir(parents=True, exist_ok=True)
     staged = []
     try:
-        for name, text in files.items():
+        for name, content in files.items():
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
             staged.append((tmp, directory / name))
         for tmp, final in staged:
             publish(tmp, final)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from muaudit.errors import MuauditError
 from muaudit.plugins import LoadedPlugin
-from muaudit.results import Scorecard, comparison_table
+from muaudit.results import Scorecard, comparison_table, provenance_items
 
 #: Kinds of failure: a plugin's fault, another muaudit error, an unexpected (internal) error, an interrupt, and the
 #: methods an interrupt kept from running. ``muaudit compare`` exits 3 after writing when any method failed (130
@@ -68,6 +68,15 @@ class Comparison:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Comparison":
+        """Rebuild from :meth:`to_dict` (e.g. a ``comparison.json``)."""
+        if raw.get("schema") != COMPARISON_SCHEMA:
+            raise ValueError(f"unsupported comparison schema {raw.get('schema')!r}")
+        return cls(raw["task"], raw["task_hash"], raw["gold_models"],
+                   tuple(Scorecard.from_dict(c) for c in raw["scorecards"]),
+                   tuple(MethodFailure(**f) for f in raw["failures"]))
+
     def to_markdown(self) -> str:
         title = (f"# muaudit comparison on task {self.task} [{self.task_hash[:12]}], {self.gold_models} gold "
                  f"model(s)\n\n")
@@ -76,7 +85,25 @@ class Comparison:
             body += "\n## Failed methods\n\n| method | distribution | failure | reason |\n|---|---|---|---|\n"
             body += "".join(f"| {f.method} | {f.distribution} {f.version} | {f.kind} | {_cell(f.reason)} |\n"
                             for f in self.failures)
-        return title + body
+        return title + body + _provenance_markdown(self.scorecards)
+
+
+def _provenance_markdown(cards: Sequence[Scorecard]) -> str:
+    """The shared provenance (versions, device, original and gold models) once, then each method's own line."""
+    if not cards:
+        return ""
+    shared = {k: v for k, v in cards[0].provenance.items()
+              if k not in ("method_plugin", "seeds", "unlearned_state_sha256")}
+    lines = [f"- {line}" for line in provenance_items(shared)]
+    seeds = cards[0].provenance.get("seeds") or {}
+    lines.append(f"- seeds: task {seeds.get('task')}, gold {seeds.get('gold')}, attack {seeds.get('attack')}")
+    for card in cards:
+        prov = card.provenance
+        plugin = prov.get("method_plugin") or {}
+        lines.append(f"- {card.method['name']}: {plugin.get('distribution', '')} {plugin.get('version', '')}, seed "
+                     f"{card.method.get('seed')}, unlearned state SHA-256 "
+                     f"{str(prov.get('unlearned_state_sha256', ''))[:12]}")
+    return "\n## Provenance\n\n" + "\n".join(lines) + "\n"
 
 
 def _cell(text: str) -> str:

@@ -13,11 +13,14 @@ is a deterministic function of the inputs and seeds.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from muaudit.serial import json_safe
 from muaudit.verdicts import Verdict
+
+if TYPE_CHECKING:
+    from muaudit.arrays import AuditArrays
 
 SCHEMA_VERSION = "1.3"
 #: The columns of :meth:`Scorecard.to_pandas` (and of ``Comparison.to_pandas``, which adds failures).
@@ -97,6 +100,8 @@ class Scorecard:
     challenge: dict[str, Any] | None = None
     signal: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
+    #: The audit's per-example arrays (:mod:`muaudit.arrays`; ``arrays.npz`` beside the JSON, never in it).
+    arrays: "AuditArrays | None" = field(default=None, compare=False, repr=False)
 
     @property
     def diagnostics(self) -> dict[str, Any]:
@@ -109,9 +114,30 @@ class Scorecard:
                 return item
         raise KeyError(name)
 
+    def interval(self, name: str) -> tuple[float, float] | None:
+        """The unlearned value's 95% sampling interval for readout ``name``, where the audit has one: the readout's
+        own, its attack's bootstrap or Clopper-Pearson interval (``mia_<attack>_<metric>``), or the matching
+        Streisand check's (forget error from ``forget_accuracy``, mean D_f entropy from ``forget_entropy``)."""
+        readout = self.readout(name)
+        if readout.interval is not None:
+            return tuple(readout.interval)  # type: ignore[return-value]
+        for report in self.attacks:
+            metric = name.removeprefix(f"mia_{report.name}_") if name.startswith(f"mia_{report.name}_") else None
+            found = (report.unlearned.get("intervals") or {}).get(metric) if metric else None
+            if found is not None:
+                return float(found[0]), float(found[1])
+        checks = {v.check: v for v in self.verdicts}
+        if name == "forget_error" and "forget_accuracy" in checks:
+            low, high = checks["forget_accuracy"].interval
+            return 100 * (1 - high), 100 * (1 - low)
+        if name == "forget_entropy_mean" and "forget_entropy" in checks:
+            return tuple(checks["forget_entropy"].interval)  # type: ignore[return-value]
+        return None
+
     # ------------------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, arrays=None))
+        out.pop("arrays")
         out["readouts"] = [asdict(r) | {"gold_spread": list(r.gold_spread)} for r in self.readouts]
         out["verdicts"] = [asdict(v) for v in self.verdicts]
         return json_safe(out)
@@ -190,10 +216,12 @@ class Scorecard:
         return lines
 
     def to_markdown(self) -> str:
-        header = ["readout", "unlearned", "original", "gold", "gap", "gold-vs-gold (max)"]
-        lines = [f"# {self._title()}", "", "| " + " | ".join(header) + " |",
-                 "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_row(r)) + " |" for r in self.readouts]
+        """The scorecard as Markdown: readouts with units and 95% intervals, the signal, the verdicts with their
+        intervals and gold bands, and the provenance as a short list."""
+        header = ["readout", "unit", "unlearned [95% interval]", "original", "gold", "gap", "gold-vs-gold (max)"]
+        lines = [f"# {self._title()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([r.name, r.unit, format_interval(r.unlearned, self.interval(r.name)),
+                                     *_row(r)[2:]]) + " |" for r in self.readouts]
         lines += ["", self._timing_line()]
         if self.diagnostics:
             lines += ["", "## Method diagnostics", "", "| diagnostic | value |", "|---|---|"]
@@ -206,11 +234,15 @@ class Scorecard:
                       f"{'yes' if c['detectable'] else 'no'} |" for c in self.signal["checks"]]
             lines += [f"\n**Warning:** {w}" for w in self.signal["warnings"]]
         if self.verdicts:
-            lines += ["", f"## Streisand checks: {self.verdict_summary}", "", "| check | verdict | evidence |",
-                      "|---|---|---|"] + [f"| {v.check} | {v.verdict} | {v.evidence} |" for v in self.verdicts]
-        lines += ["", "Readout definitions:", ""]
+            lines += ["", f"## Streisand checks: {self.verdict_summary}", "",
+                      "| check | verdict | unlearned [95% interval] | gold band | original | evidence |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {v.check} | {v.verdict} | {format_interval(v.unlearned, v.interval)} | "
+                      f"[{_fmt(v.band[0])}, {_fmt(v.band[1])}] | {_fmt(v.original)} | {v.evidence} |"
+                      for v in self.verdicts]
+        lines += ["", "## Readout definitions", ""]
         lines += [f"- `{r.name}` ({r.unit}): {r.description}" for r in self.readouts]
-        lines += ["", f"Provenance: `{json.dumps(self.provenance, sort_keys=True)}`"]
+        lines += ["", "## Provenance", ""] + [f"- {line}" for line in provenance_items(self.provenance)]
         return "\n".join(lines) + "\n"
 
     def _title(self) -> str:
@@ -236,6 +268,47 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}"
 
 
+def format_interval(value: float | None, interval: Sequence[float] | None) -> str:
+    """``value [low, high]`` (the value alone when there is no interval)."""
+    if interval is None or value is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def provenance_items(provenance: Mapping[str, Any]) -> list[str]:
+    """The provenance as a few short lines: versions, device, plugins, seeds, original and model checksums."""
+    lines = []
+    versions = provenance.get("versions") or {}
+    if versions:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    if "device" in provenance:
+        lines.append(f"device: {provenance['device']}")
+    plugins = [provenance.get("method_plugin"), *(provenance.get("attack_plugins") or [])]
+    named = [p for p in plugins if isinstance(p, Mapping)]
+    if named:
+        lines.append("plugins: " + ", ".join(_plugin_line(p) for p in named))
+    seeds = provenance.get("seeds") or {}
+    if seeds:
+        lines.append("seeds: " + ", ".join(f"{k} {v}" for k, v in seeds.items()))
+    original = provenance.get("original") or {}
+    if original:
+        lines.append("original: " + ", ".join(f"{k} {str(v)[:16] if 'sha256' in k else v}"
+                                              for k, v in sorted(original.items()) if not isinstance(v, (dict, list))))
+    golds = provenance.get("gold_state_sha256") or []
+    if golds:
+        lines.append(f"{len(golds)} gold model(s), state SHA-256 " + ", ".join(str(g)[:12] for g in golds))
+    if provenance.get("unlearned_state_sha256"):
+        lines.append(f"unlearned model state SHA-256 {str(provenance['unlearned_state_sha256'])[:12]}")
+    return lines
+
+
+def _plugin_line(plugin: Mapping[str, Any]) -> str:
+    name = plugin.get("name", "?")
+    dist = plugin.get("distribution") or plugin.get("dist") or ""
+    version = plugin.get("version") or ""
+    return f"{name} ({dist} {version})".replace(" ()", "").replace("( ", "(").replace(" )", ")")
+
+
 def _fmt_value(value: Any) -> str:
     """A diagnostic value: numbers as in the tables, lists element-wise, everything else as text."""
     if isinstance(value, list):
@@ -252,13 +325,15 @@ def _row(r: Readout) -> list[str]:
 
 
 def comparison_table(cards: Sequence[Scorecard]) -> str:
-    """A Markdown table with one row per readout and one column per method (plus gold and spread)."""
+    """A Markdown table with one row per readout (with its unit) and one column per method (each value with its
+    95% interval where the audit has one), plus gold and spread."""
     names = [c.method["name"] for c in cards]
     header = ["readout", *names, "gold", "gold-vs-gold (max)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, first in enumerate(cards[0].readouts):
-        values = [_fmt(c.readouts[i].unlearned) for c in cards]
-        lines.append("| " + " | ".join([first.name, *values, _fmt(first.gold), _fmt(first.spread_max)]) + " |")
+    for i, first in enumerate(cards[0].readouts):  # the unit with the name, each method's value with its interval
+        values = [format_interval(c.readouts[i].unlearned, c.interval(c.readouts[i].name)) for c in cards]
+        lines.append("| " + " | ".join([f"{first.name} ({first.unit})", *values, _fmt(first.gold),
+                                        _fmt(first.spread_max)]) + " |")
     times = [f"{c.timings['method_seconds']:.3f}" for c in cards]
     ratios = [f"{c.timings['method_seconds'] / c.timings['gold_seconds']:.4f}" for c in cards]
     lines.append("| method_seconds | " + " | ".join(times) + f" | {cards[0].timings['gold_seconds']:.3f} | - |")

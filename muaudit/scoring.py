@@ -17,6 +17,7 @@ from torch import nn
 
 from muaudit import readouts as R
 from muaudit import verdicts as V
+from muaudit.arrays import AuditArrays, thumbnails
 from muaudit.attacking import AttackResults, AttackRun
 from muaudit.base import ModelOutputs
 from muaudit.checkpoint import state_dict_sha256
@@ -360,7 +361,26 @@ def assemble_scorecard(setup: AuditSetup, run: MethodRun, results: Sequence[Atta
                                                setup.data.n_classes),
         provenance=_provenance(setup, run, [res.plugin for res in results], derive_seed(setup.task.seed, "attack")),
         timings=_timings(setup, run, timer), verdicts=tuple(verdicts), verdict_summary=verdict_summary,
-        challenge=challenge, signal=signal.to_dict())
+        challenge=challenge, signal=signal.to_dict(), arrays=audit_arrays(setup, u, o, golds, results))
+
+
+def audit_arrays(setup: AuditSetup, u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
+                 results: Sequence[AttackResults]) -> AuditArrays:
+    """Every model's D_f loss and entropy, every attack's scores, and thumbnails of the most exposed D_f examples
+    (of the unlearned and original models, where the data are images)."""
+    models = {"unlearned": u, "original": o, **{f"gold_{j}": g for j, g in enumerate(golds)}}
+    scores = {}
+    for res in results:
+        runs = {"unlearned": res.unlearned, "original": res.original,
+                **{f"gold_{j}": g for j, g in enumerate(res.golds)}}
+        scores[res.name] = {role: run.scores for role, run in runs.items() if run.scores is not None}
+    exposed = [e["forget_position"] for res in results for run in (res.unlearned, res.original)
+               for e in run.most_exposed]
+    images, positions = thumbnails(setup.forget.x.numpy(), exposed)
+    return AuditArrays(tuple(models), np.asarray(setup.task.forget_indices or (), dtype=np.int64),
+                       setup.forget.y.numpy().astype(np.int64),
+                       {k: R.losses(m.forget_logits, m.forget_labels) for k, m in models.items()},
+                       {k: R.entropies(m.forget_logits) for k, m in models.items()}, scores, images, positions)
 
 
 def model_readouts(setup: AuditSetup, run: MethodRun, u: ModelOutputs, o: ModelOutputs, golds: list[ModelOutputs],
