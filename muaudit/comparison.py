@@ -69,8 +69,15 @@ class Comparison:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Comparison":
-        """Rebuild from :meth:`to_dict` (e.g. a ``comparison.json``)."""
+    def from_dict(cls, raw: dict[str, Any] | list[dict[str, Any]]) -> "Comparison":
+        """Rebuild from :meth:`to_dict` (e.g. a ``comparison.json``); the list of scorecards that ``compare``
+        wrote before failures were recorded is read too (no failures)."""
+        if isinstance(raw, list):
+            cards = tuple(Scorecard.from_dict(c) for c in raw)
+            if not cards:
+                raise ValueError("an empty comparison")
+            return cls(cards[0].task["name"], cards[0].task["hash"], len(cards[0].provenance["seeds"]["gold"]),
+                       cards, ())
         if raw.get("schema") != COMPARISON_SCHEMA:
             raise ValueError(f"unsupported comparison schema {raw.get('schema')!r}")
         return cls(raw["task"], raw["task_hash"], raw["gold_models"],

@@ -277,3 +277,20 @@ def test_report_loads_in_a_headless_browser(card, tmp_path):
     shot = tmp_path / "shot.png"
     _chromium(tmp_path, "--window-size=1200,3000", f"--screenshot={shot}", report.as_uri())
     _png(shot)
+
+
+def test_a_legacy_comparison_list_renders(tmp_path):
+    """``compare`` wrote a bare list of scorecards before failures were recorded; committed reports use it."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    from muaudit.report import render
+
+    legacy = _Path(__file__).resolve().parents[1] / "reports" / "attacks" / "digits" / "comparison.json"
+    raw = _json.loads(legacy.read_text())
+    assert isinstance(raw, list)
+    (tmp_path / "comparison.json").write_text(_json.dumps(raw[:2]))
+    comparison = Comparison.from_dict(raw[:2])
+    assert [c.method["name"] for c in comparison.scorecards] == [c["method"]["name"] for c in raw[:2]]
+    html = render(tmp_path).read_text()
+    assert "<img" in html and raw[1]["method"]["name"] in html

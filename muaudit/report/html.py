@@ -62,7 +62,7 @@ def render(path: str | Path) -> Path:
     raw = json.loads(path.read_text())
     arrays_path = path.parent / ARRAYS_FILE
     arrays = AuditArrays.load(str(arrays_path)) if arrays_path.exists() else None
-    html = (comparison_html(Comparison.from_dict(raw), arrays) if "scorecards" in raw
+    html = (comparison_html(Comparison.from_dict(raw), arrays) if isinstance(raw, list) or "scorecards" in raw
             else scorecard_html(Scorecard.from_dict(raw), arrays))
     out = path.parent / REPORT_FILE
     out.write_text(html, encoding="utf-8")
