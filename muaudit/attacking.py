@@ -170,19 +170,9 @@ def _run_from_dict(raw: dict[str, Any]) -> AttackRun:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    import os
-    import tempfile
+    from muaudit.files import write_json_best_effort
 
-    from muaudit.files import publish
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, sort_keys=True)
-        publish(tmp, path)
-    except OSError:
-        pass
+    write_json_best_effort(path, payload)
 
 
 def _most_exposed(members: np.ndarray, positions: Any, count: int = 10) -> tuple[dict[str, float], ...]:

@@ -221,17 +221,6 @@ def _declaration_key(spec: PluginSpec) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Best effort (a read-only cache only costs speed): write atomically, ignore failures."""
-    import json
-    import tempfile
+    from muaudit.files import write_json_best_effort
 
-    from muaudit.files import publish
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, sort_keys=True)
-        publish(tmp, path)
-    except OSError:
-        pass
+    write_json_best_effort(path, payload)
