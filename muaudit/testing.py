@@ -143,7 +143,9 @@ def check_seed_determinism(setup: AuditSetup, plugin: LoadedPlugin, params: dict
 
 def check_refuses_undeclared_data(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any] | None = None
                                   ) -> None:
-    """The :class:`MethodData` a method is handed raises on every need it did not declare."""
+    """The method runs on only the data it declared: the :class:`MethodData` it is handed raises on every other
+    need, and its ``unlearn`` (run as the audit runs it) asks for none of them."""
+    where = plugin.spec.describe()
     data = MethodData(plugin.spec.name, setup.forget,
                       retain=setup.retain if "retain" in plugin.cls.needs else None,
                       validation=setup.data.val if "validation" in plugin.cls.needs else None)
@@ -154,7 +156,11 @@ def check_refuses_undeclared_data(setup: AuditSetup, plugin: LoadedPlugin, param
             getattr(data, need)
         except UndeclaredDataError:
             continue
-        raise AssertionError(f"{plugin.spec.describe()} could reach undeclared data {need!r}")
+        raise AssertionError(f"{where} could reach undeclared data {need!r}")
+    try:
+        run_method(setup, plugin, dict(params or {}), seed=5)
+    except UndeclaredDataError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def architecture_differences(original: nn.Module, returned: nn.Module) -> list[str]:

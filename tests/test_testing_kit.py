@@ -268,3 +268,16 @@ def test_the_example_distribution_runs_the_kit_as_a_third_party(pytester):
     shutil.copy(EXAMPLE_TESTS / "test_conformance.py", pytester.path / "test_example_conformance.py")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=len(T.METHOD_CHECKS) + len(T.ATTACK_CHECKS))
+
+
+class Undeclared(Shrink):
+    name = "kit-undeclared"
+
+    def unlearn(self, model, data, ctx):
+        data.retain
+        return model
+
+
+def test_a_method_asking_for_undeclared_data_fails_the_check(digits_setup):
+    with pytest.raises(AssertionError, match="asked for 'retain' data but did not declare it"):
+        T.check_refuses_undeclared_data(digits_setup, as_plugin(Undeclared), {})
