@@ -84,7 +84,17 @@ class ShortScores(NegLoss):
         return AttackScores(s.members[1:], s.nonmembers, None)
 
 
+class ReachesThroughBank(NegLoss):
+    name = "kit-reaches-bank"
+    needs = frozenset({"shadows"})
+
+    def score(self, outputs, ctx):
+        ctx.bank.data.train.x.add_(1.0)
+        return super().score(outputs, ctx)
+
+
 @pytest.mark.parametrize("cls, check, message", [
+    (ReachesThroughBank, T.check_attack_does_not_mutate_input, "changed shadow bank data.train.x"),
     (Reversed, T.check_attack_orientation, "does not rank members higher"),
     (IgnoresTheModel, T.check_attack_null, "separates D_f from non-members on gold model"),
     (Unseeded, T.check_attack_seed_determinism, "not deterministic"),
@@ -258,13 +268,14 @@ def test_failing_checks_fail_and_expected_failures_pass_under_pytest(pytester):
         def test_kit(plugin, check):
             check()
     ''')
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider")  # in process: the kit's shared set-up is trained once
     result.assert_outcomes(passed=3, failed=2)
     result.stdout.fnmatch_lines(["*AssertionError: attack \"kit-reversed\"*does not rank members higher*",
                                  "*XPASS(strict)*claimed wrongly: it passes*"])
 
 
-def test_the_example_distribution_runs_the_kit_as_a_third_party(pytester):
+def test_the_example_distribution_runs_the_kit_as_a_third_party(pytester, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one torch thread in the child too (see conftest.py)
     shutil.copy(EXAMPLE_TESTS / "test_conformance.py", pytester.path / "test_example_conformance.py")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=len(T.METHOD_CHECKS) + len(T.ATTACK_CHECKS))
