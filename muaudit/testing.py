@@ -43,7 +43,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from muaudit.attacking import AttackResults, _check_untouched, _reachable_tensors, attack_context, run_attack
+from muaudit.attacking import AttackResults, AttackRun, _check_untouched, _reachable_tensors, attack_context, run_attack
 from muaudit.audit import AuditSetup, prepare, run_method
 from muaudit.base import AttackScores, MembershipAttack, ModelOutputs, MethodContext, MethodData, UnlearningMethod
 from muaudit.cache import TensorCache
@@ -232,8 +232,10 @@ def _results(setup: AuditSetup, plugin: LoadedPlugin, params: Mapping[str, Any],
         return run_attack(setup, plugin, _method_run(setup, plugin, method, method_params), dict(params))
 
 
-def _scores_of(results: Any) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(results.scores.members), np.asarray(results.scores.nonmembers)
+def _scores_of(run: AttackRun) -> tuple[np.ndarray, np.ndarray]:
+    """The member and non-member scores of one attack run."""
+    assert run.scores is not None
+    return np.asarray(run.scores.members), np.asarray(run.scores.nonmembers)
 
 
 def _auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
@@ -368,8 +370,8 @@ def check_attack(setup: AuditSetup, plugin: LoadedPlugin, params: Mapping[str, A
 
     The statistical checks: orientation on outputs where D_f is memorised (:func:`check_attack_orientation`), null
     on the gold models, which never saw D_f; both use a Mann-Whitney U test at level :data:`ALPHA`, so the
-    tolerance follows the sample sizes. An attack that needs the method under audit (``needs`` holds ``"method"``) is run with
-    ``method`` (default :class:`DoNothing`, under which the original is as exposed as ever). Shadow-model
+    tolerance follows the sample sizes. An attack that needs the method under audit (``needs`` holds
+    ``"method"``) is run with ``method`` (default :class:`DoNothing`: the original stays as exposed). Shadow-model
     attacks train their shadows into the set-up's cache: pass cheap ``params`` (e.g. ``{"n_shadows": 8}``).
     """
     for check in ATTACK_CHECKS:
