@@ -8,6 +8,9 @@ from muaudit.testing import tiny_setup
 
 pytest_plugins = ["pytester"]
 
+# The example distribution's own tests run as a third party runs them, in a separate pytest (test_testing_kit.py).
+collect_ignore = ["example_plugin/tests"]
+
 # The test models are tiny: intra-op threading only adds overhead, and on a loaded 2-core machine it
 # oversubscribes the CPU badly (measured: ~40x slower MLP steps). One thread also keeps timings stable.
 torch.set_num_threads(1)
