@@ -39,15 +39,15 @@ not have, or a value it could not compute (``None``), is an error (:class:`GateE
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 from muaudit.errors import MuauditError
-from muaudit.verdicts import SPREAD_FACTOR, GoldReference
 
-__all__ = ["GateError", "GateFailure", "Gate", "GateResult", "Vocabulary", "parse", "load_gates", "evaluate",
+__all__ = ["GateError", "GateFailure", "BaselineError", "baseline_of", "compare_baseline", "Gate", "GateResult", "Vocabulary", "parse", "load_gates", "evaluate",
            "check", "card_vocabulary", "audit_vocabulary", "gold_band"]
 
 VERDICT_WORDS = ("aligned", "over-forgetting", "under-forgetting", "mixed", "undetermined")
@@ -482,6 +482,7 @@ class Vocabulary:
     def _check_ref(self, gate: Gate, ref: Ref) -> None:
         if ref.kind == "readout" and ref.name not in self.readouts:
             what = "is not in this audit" if _is_known_pattern(ref.name or "") else "is an unknown readout"
+            what += _attack_hint(ref.name or "")
             raise GateError(f"gate {gate.text!r}: {ref.name!r} {what}{_suggest(ref.name or '', self.readouts)}"
                             f"{_subtraction_hint(ref.name or '', self.readouts)}{self.note}; valid readouts: "
                             f"{', '.join(self.readouts)}")
@@ -522,6 +523,13 @@ def _is_known_pattern(name: str) -> bool:
                                            for m in ATTACK_METRICS)
 
 
+def _attack_hint(name: str) -> str:
+    for metric in ATTACK_METRICS:
+        if name.startswith("mia_") and name.endswith(f"_{metric}") and len(name) > len(metric) + 5:
+            return f" (attack {name[4:-len(metric) - 1]!r} was not run: add it to the audit's attacks)"
+    return ""
+
+
 def _suggest(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -541,6 +549,8 @@ def gold_band(card: Any, name: str) -> tuple[float, float] | None:
     attack metrics); a distance to gold uses (0, spreads...); other readouts keep only ``|gold_j - gold_0|``, so
     their band is the reference gold +- (1 + ``SPREAD_FACTOR``) x the largest spread (the verdict band for two
     gold models, whatever the sign). ``None`` with a single gold model."""
+    from muaudit.verdicts import SPREAD_FACTOR, GoldReference  # numpy and scipy: only once there is a scorecard
+
     readout = card.readout(name)
     if not readout.gold_spread:
         return None
@@ -765,3 +775,84 @@ def as_mapping(results: Sequence[GateResult]) -> list[Mapping[str, Any]]:
     """The results as JSON-ready dicts."""
     return [{"gate": r.gate.text, "mode": r.gate.mode, "method": r.method, "violated": r.violated,
              "detail": r.detail} for r in results]
+
+
+# ------------------------------------------------------------------------------------------- baselines
+#: The format of an approved-scorecard baseline (:func:`baseline_of`); a baseline of another format is an error.
+BASELINE_FORMAT = 1
+#: Below the noise floor, values are compared to this relative precision (platform rounding, not regressions).
+BASELINE_RTOL = 1e-6
+
+
+class BaselineError(MuauditError):
+    """A baseline that cannot be compared with this scorecard: another task, method, format or schema version."""
+
+
+def baseline_of(card: Any) -> dict[str, Any]:
+    """A small approved-scorecard record: identity, readouts (value, gold, largest gold spread) and verdicts."""
+    return {"muaudit_baseline": BASELINE_FORMAT, "schema_version": card.schema_version,
+            "task": {"name": card.task["name"], "hash": card.task["hash"]},
+            "method": {"name": card.method["name"], "params": json.loads(json.dumps(card.method["params"],
+                                                                                     default=str))},
+            "gold_models": card_vocabulary(card).gold_models,
+            "readouts": {r.name: {"unlearned": r.unlearned, "gold": r.gold, "gold_spread": r.spread_max}
+                         for r in card.readouts},
+            "verdicts": {v.check: v.verdict for v in card.verdicts}, "verdict_summary": card.verdict_summary}
+
+
+def _check_identity(baseline: Mapping[str, Any], card: Any, source: str) -> None:
+    from muaudit.results import SCHEMA_VERSION
+
+    if not isinstance(baseline, Mapping) or baseline.get("muaudit_baseline") != BASELINE_FORMAT:
+        raise BaselineError(f"{source} is not a muaudit baseline of format {BASELINE_FORMAT}")
+    if baseline.get("schema_version") != card.schema_version or card.schema_version != SCHEMA_VERSION:
+        raise BaselineError(f"{source} was approved for scorecard schema {baseline.get('schema_version')}, this "
+                            f"scorecard has schema {card.schema_version}: review it and regenerate it "
+                            f"(--muaudit-regen); it is not compared")
+    task = baseline.get("task") or {}
+    if task.get("hash") != card.task["hash"]:
+        raise BaselineError(f"{source} is a baseline of task {task.get('name')} [{str(task.get('hash'))[:12]}], "
+                            f"this audit's task is {card.task['name']} [{card.task['hash'][:12]}]: not compared")
+    method = baseline.get("method") or {}
+    params = json.loads(json.dumps(card.method["params"], default=str))
+    if method.get("name") != card.method["name"] or method.get("params") != params:
+        raise BaselineError(f"{source} is a baseline of {method.get('name')}({method.get('params')}), this audit "
+                            f"ran {card.method['name']}({card.method['params']}): regenerate it (--muaudit-regen)")
+
+
+def compare_baseline(baseline: Mapping[str, Any], card: Any, source: str = "the baseline") -> list[str]:
+    """The differences of ``card`` from an approved baseline beyond the noise floor, one line each (empty: none).
+
+    A readout differs when ``|value - approved| > SPREAD_FACTOR x`` its largest gold-vs-gold spread (the larger of
+    the baseline's and this audit's, the same reach as the verdicts' band); a verdict differs when it changed.
+    :class:`BaselineError` when the baseline is of another task, method, format or schema version."""
+    from muaudit.verdicts import SPREAD_FACTOR
+
+    _check_identity(baseline, card, source)
+    names = {r.name for r in card.readouts}
+    diffs = []
+    for name, old in baseline["readouts"].items():
+        if name not in names:
+            diffs.append(f"{name}: approved {_fmt_opt(old['unlearned'])}, absent from this scorecard")
+            continue
+        new = card.readout(name)
+        if old["unlearned"] is None or new.unlearned is None:
+            if old["unlearned"] != new.unlearned:
+                diffs.append(f"{name}: {_fmt_opt(new.unlearned)}, approved {_fmt_opt(old['unlearned'])}")
+            continue
+        floor = max([s for s in (old["gold_spread"], new.spread_max) if s is not None], default=0.0)
+        tolerance = SPREAD_FACTOR * floor + BASELINE_RTOL * max(1.0, abs(old["unlearned"]))
+        change = new.unlearned - old["unlearned"]
+        if abs(change) > tolerance:
+            diffs.append(f"{name}: {_fmt(new.unlearned)}, approved {_fmt(old['unlearned'])} (change {_fmt(change)}, "
+                         f"beyond {SPREAD_FACTOR:g} x gold spread {_fmt(floor)} = {_fmt(tolerance)})")
+    verdicts = {v.check: v.verdict for v in card.verdicts}
+    for check_name, old in {**baseline["verdicts"], "summary": baseline["verdict_summary"]}.items():
+        new_verdict = card.verdict_summary if check_name == "summary" else verdicts.get(check_name, "absent")
+        if new_verdict != old:
+            diffs.append(f"verdict {check_name}: {new_verdict}, approved {old}")
+    return diffs
+
+
+def _fmt_opt(value: float | None) -> str:
+    return "None" if value is None else _fmt(value)
