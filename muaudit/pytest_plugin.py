@@ -34,9 +34,12 @@ from typing import Any, Callable, Iterable
 
 import pytest
 
+from muaudit import api as _api  # cheap: muaudit.api imports torch only when it runs
 from muaudit.gates import baseline_of, compare_baseline
 
 _KEY_VERSION = 1
+#: The keyword arguments of :func:`muaudit.api.audit`; the others are the method's hyperparameters.
+_AUDIT_OPTIONS = frozenset(inspect.signature(_api.audit).parameters)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,7 +71,7 @@ class AuditRunner:
         from muaudit import api
         from muaudit.results import Scorecard
 
-        key = self._key("audit", [api.method_plugin(method, _method_kwargs(kwargs, api.audit))], model, kwargs)
+        key = self._key("audit", [api.method_plugin(method, _method_kwargs(kwargs))], model, kwargs)
         return self._cached(key, Scorecard.from_dict, lambda: api.audit(method, model, **self._run_args(kwargs)))
 
     def compare(self, methods: Iterable[Any], model: Any = None, **kwargs: Any) -> Any:
@@ -120,7 +123,7 @@ class AuditRunner:
         if model is not None and not isinstance(model, (str, Path)):
             return None
         options = {k: v for k, v in kwargs.items() if k not in ("task", "attacks", "params")
-                   and k not in _method_kwargs(kwargs, api.audit)}
+                   and k not in _method_kwargs(kwargs)}
         if any(not isinstance(v, (str, int, float, bool, type(None), list, tuple)) for v in options.values()):
             return None
         task = kwargs.get("task", "digits")
@@ -134,10 +137,9 @@ class AuditRunner:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _method_kwargs(kwargs: dict[str, Any], function: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword arguments that are not parameters of ``function``: the method's hyperparameters."""
-    known = set(inspect.signature(function).parameters)
-    return {k: v for k, v in kwargs.items() if k not in known}
+def _method_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments that are not options of :func:`muaudit.api.audit`: the method's hyperparameters."""
+    return {k: v for k, v in kwargs.items() if k not in _AUDIT_OPTIONS}
 
 
 def _identity(plugin: Any, params: dict[str, Any]) -> dict[str, Any]:
