@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-import muaudit
 from muaudit import gates as G
 from muaudit.cli import main
 from muaudit.verdicts import SPREAD_FACTOR
@@ -20,9 +19,9 @@ ISSUE_EXAMPLES = ["forget_error.gap > 2*gold_spread", "verdict != aligned", "mia
 
 
 @pytest.fixture(scope="module")
-def card(cache_dir):
-    return muaudit.audit("finetune", task="digits", attacks="loss", device="cpu", cache_dir=cache_dir,
-                         progress=False, epochs=1)
+def card(audited_once):
+    """finetune (one epoch) on digits with the loss attack and two gold models."""
+    return audited_once
 
 
 def _with_readout(card, name, **changes):
