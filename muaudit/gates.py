@@ -47,8 +47,9 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 from muaudit.errors import MuauditError
 
-__all__ = ["GateError", "GateFailure", "BaselineError", "baseline_of", "compare_baseline", "Gate", "GateResult", "Vocabulary", "parse", "load_gates", "evaluate",
-           "check", "card_vocabulary", "audit_vocabulary", "gold_band"]
+__all__ = ["GateError", "GateFailure", "BaselineError", "Gate", "GateResult", "Vocabulary", "parse", "load_gates",
+           "gate_list", "evaluate", "check", "card_vocabulary", "audit_vocabulary", "gold_band", "baseline_of",
+           "compare_baseline", "FAIL_ON", "REQUIRE"]
 
 VERDICT_WORDS = ("aligned", "over-forgetting", "under-forgetting", "mixed", "undetermined")
 ATTRIBUTES = ("unlearned", "original", "gold", "gap", "lower", "upper", "gold_spread", "band_lower", "band_upper")
@@ -490,7 +491,7 @@ class Vocabulary:
             raise GateError(f"gate {gate.text!r}: {ref.name!r} is not a verdict check of this audit"
                             f"{_suggest(ref.name, self.checks)}; checks: {', '.join(self.checks)}")
         needs_golds = ref.attr in ("gold_spread", "band_lower", "band_upper") or any(
-            isinstance(n, Within) for n in _walk(gate.node))
+            isinstance(n, Within) and n.tolerance is None and n.readout is ref for n in _walk(gate.node))
         if needs_golds and self.gold_models < 2:
             raise GateError(f"gate {gate.text!r}: gold spreads and bands need at least 2 gold models, this audit "
                             f"has {self.gold_models} (use --gold-seeds 2 or more)")

@@ -130,7 +130,8 @@ class AuditRunner:
         task = task if isinstance(task, Task) else resolve_task(str(task), kwargs.get("data_root"))
         attacks = api.attack_plugins(kwargs.get("attacks", api.DEFAULT_ATTACKS))
         record = {"key": _KEY_VERSION, "muaudit": __version__, "schema": SCHEMA_VERSION, "kind": kind,
-                  "methods": [_identity(p, kw) for p, kw in methods], "attacks": [_identity(p, kw) for p, kw in attacks],
+                  "methods": [_identity(p, kw) for p, kw in methods],
+                  "attacks": [_identity(p, kw) for p, kw in attacks],
                   "task": spec_digest(task), "options": options, "device": resolve_device(self.device).type,
                   "model": None if model is None else _file_digest(Path(model))}
         text = json.dumps(record, sort_keys=True, default=repr)

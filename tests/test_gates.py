@@ -117,7 +117,9 @@ def test_challenge_and_poisoning_readouts_exist_only_where_the_audit_makes_them(
 def test_spreads_and_bands_need_two_gold_models():
     with pytest.raises(G.GateError, match="at least 2 gold models"):
         G.audit_vocabulary(["loss"], 1).check([G.parse("forget_error within gold band")])
-    G.audit_vocabulary(["loss"], 1).check([G.parse("forget_error < 50")])
+    with pytest.raises(G.GateError, match="at least 2 gold models"):
+        G.audit_vocabulary(["loss"], 1).check([G.parse("forget_error.gap > 2*gold_spread")])
+    G.audit_vocabulary(["loss"], 1).check([G.parse("forget_error < 50 and forget_error within 5")])
 
 
 def test_an_unknown_verdict_check_suggests():
