@@ -1,6 +1,7 @@
 """The ``muaudit`` command line: a thin shell over :mod:`muaudit.audit`.
 
-Exit codes (:class:`ExitCode`): 0 success; 1 reserved for failed regression gates; 2 a usage, task, data,
+Exit codes (:class:`ExitCode`): 0 success; 1 a regression gate failed (``--fail-on``, ``--require``, ``--gates``;
+reported after the results are written); 2 a usage, task, data,
 checkpoint or output error; 3 a plugin error (unknown, duplicate, broken, failing or contract-violating plugin,
 named with its distribution; in ``compare``, any method that failed, reported after the others' results are
 written); 4 an internal error; 130 interrupted (Ctrl-C). User errors print one line on stderr, never a traceback
@@ -52,10 +53,13 @@ _EPILOGS = {
   muaudit score --method finetune                      # embedded default: the digits task
   muaudit score --method neggrad --method-arg lr=1e-3 --model original.pt
   muaudit score --method finetune --model weights.pt --task digits --arch mlp   # bare state dict
-  muaudit score --method retrain --gold-seeds 4 --out reports/runs/retrain""",
+  muaudit score --method retrain --gold-seeds 4 --out reports/runs/retrain
+  muaudit score --method finetune --fail-on "forget_error outside gold band" --fail-on "verdict != aligned"
+  muaudit score --method neggrad --gates gates.toml    # fail_on = [...] and require = [...]""",
     "compare": """examples:
   muaudit compare --methods retrain,finetune,neggrad --out reports/runs/digits
-  muaudit compare --methods finetune,neggrad --method-arg neggrad.lr=1e-3 --model original.pt""",
+  muaudit compare --methods finetune,neggrad --method-arg neggrad.lr=1e-3 --model original.pt
+  muaudit compare --methods finetune,neggrad --fail-on "mia_loss_auc.upper > 0.55"   # per method""",
     "list": """examples:
   muaudit list
   muaudit list methods -v
@@ -112,6 +116,15 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                         "(plus N more gold models for its noise floor); 0 = off (default); the challenge used 512")
     p.add_argument("--out", help="directory to write the JSON and Markdown results into")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--fail-on", action="append", default=[], metavar="EXPR",
+                   help="a regression gate: exit 1 (after writing the results) when EXPR is TRUE, e.g. "
+                        "'forget_error.gap > 2*gold_spread', 'verdict != aligned', 'forget_error outside gold band' "
+                        "(repeatable; grammar in muaudit.gates)")
+    p.add_argument("--require", action="append", default=[], metavar="EXPR",
+                   help="a regression gate: exit 1 when EXPR is FALSE, e.g. 'forget_error within gold band' "
+                        "(repeatable)")
+    p.add_argument("--gates", action="append", default=[], metavar="FILE",
+                   help="a TOML file of gates: fail_on = [EXPR, ...] and require = [EXPR, ...] (repeatable)")
     p.add_argument("--retain-sample", default="10000", metavar="N|all",
                    help="retain-set readouts and attack fits on a fixed, seeded sample of N examples of D_r "
                         "(default 10000; 'all' = all of D_r); methods always get all of D_r")
@@ -474,6 +487,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     _precheck(METHODS, args.method, args.method_arg)
     _precheck_attacks(args.attacks, args.attack_arg)
     _check_audit_options(args)
+    gates = _gates(args)
     budget = args.tune_budget if args.tune_budget is not None else DEFAULT_BUDGET
     if args.tune_budget is not None and not args.tuned:
         raise _UsageError("--tune-budget needs --tuned")
@@ -490,8 +504,50 @@ def _cmd_score(args: argparse.Namespace) -> int:
            else run_method(setup, plugin, params, args.seed))
     card = build_scorecard(setup, run, attacks, args.challenge_models)
     _report_signal(setup, card)
-    return _emit(card.to_json() if args.json else card.to_text(), args.out,
-                 {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()}, lambda: _report(card))
+    written = _emit(card.to_json() if args.json else card.to_text(), args.out,
+                    {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()}, lambda: _report(card))
+    return _apply_gates(gates, [card], written)
+
+
+def _gates(args: argparse.Namespace) -> list[Any]:
+    """Parse ``--fail-on``, ``--require`` and ``--gates`` and check their names against the readouts this audit
+    will have: usage errors (exit 2) before any training."""
+    from muaudit.gates import audit_vocabulary, gate_list
+    from muaudit.plugins import ATTACKS, resolve
+
+    gates = gate_list(args.fail_on, args.require, args.gates)
+    if gates:
+        attacks = [resolve(ATTACKS, n.strip()).name for n in args.attacks.split(",") if n.strip()]
+        task = _task(args)
+        poisoning = task is not None and task.forget.kind == "label-flip"
+        audit_vocabulary(attacks, args.gold_seeds, bool(args.challenge_models), poisoning).check(gates)
+    return gates
+
+
+def _apply_gates(gates: Sequence[Any], cards: Sequence[Any], written: int) -> int:
+    """Evaluate the gates on every scorecard (after the results are written): one stderr line per violated gate
+    (value, bound, interval, gold band) and a summary; exit 1 when any is violated, 2 when one cannot be
+    evaluated, or ``written`` when writing failed."""
+    if not gates:
+        return written
+    from muaudit.gates import GateError, evaluate, summary_line
+
+    results, errors = [], 0
+    for card in cards:
+        try:
+            results += evaluate(card, gates)
+        except GateError as exc:
+            errors += 1
+            _fail(str(exc), ExitCode.USAGE_ERROR)
+    for result in results:
+        if result.violated:
+            print(f"muaudit: {result.line()}", file=sys.stderr)
+    print(f"muaudit: {summary_line(results)}", file=sys.stderr)
+    if written != ExitCode.OK:
+        return written
+    if errors:
+        return ExitCode.USAGE_ERROR
+    return ExitCode.GATE_FAILED if any(r.violated for r in results) else ExitCode.OK
 
 
 def _split_prefixed(names: list[str], pairs: Sequence[str], form: str, option: str) -> dict[str, list[str]]:
@@ -526,6 +582,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _precheck(METHODS, name, pairs[name])
     _precheck_attacks(args.attacks, args.attack_arg)
     _check_audit_options(args)
+    gates = _gates(args)
     if args.tune < 0:
         raise _UsageError(f"--tune must be 0 (off) or a budget of at least 1, got {args.tune}")
     _check_tune_options(args, args.tune or None)
@@ -562,6 +619,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     text = comparison.to_json() if args.json else comparison.to_markdown()
     files = {"comparison.json": comparison.to_json(), "comparison.md": comparison.to_markdown()}
     written = _emit(text, args.out, files, lambda: _report(comparison))
+    gated = _apply_gates(gates, list(comparison.scorecards), written)
     if written != ExitCode.OK:
         return written
     if comparison.interrupted:
@@ -569,7 +627,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if comparison.failures:
         return _fail(f"{len(comparison.failures)} of {len(loaded)} method(s) failed (see above); the others' "
                      f"results were kept", ExitCode.PLUGIN_ERROR)
-    return ExitCode.OK
+    return gated
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -31,3 +31,25 @@ def digits_setup(cache_dir):
 def digits_class_setup(cache_dir):
     """The digits full-class task (forget class 3), MLP, two gold models."""
     return tiny_setup(cache_dir, "digits-class", gold_count=2)
+
+
+@pytest.fixture(scope="session")
+def audited_once(cache_dir):
+    """One audit in this process first: an in-process pytester run removes the modules it imported when it ends,
+    and torch cannot import some of them twice (torch._dynamo registers operator libraries), so the audit's
+    lazily imported modules must already be loaded here."""
+    import muaudit
+
+    return muaudit.audit("finetune", task="digits", attacks="loss", device="cpu", cache_dir=cache_dir,
+                         progress=False, epochs=1)
+
+
+@pytest.fixture
+def muaudit_plugin_args(cache_dir, audited_once) -> list[str]:
+    """pytester arguments that load muaudit's pytest plugin as its entry point does once muaudit is installed
+    (``-p`` while it is not), on the CPU, with the session's model cache."""
+    from importlib.metadata import entry_points
+
+    installed = any(ep.value == "muaudit.pytest_plugin" for ep in entry_points(group="pytest11", name="muaudit"))
+    return ([] if installed else ["-p", "muaudit.pytest_plugin"]) + [
+        f"--muaudit-cache-dir={cache_dir}", "--muaudit-device=cpu", "-p", "no:cacheprovider"]
