@@ -385,32 +385,58 @@ def both_forgot(cards: dict[str, Scorecard], labels: tuple[str, ...]) -> str | N
     return None if not low else "the comparison needs both to forget (forget error >= 90%): " + ", ".join(low)
 
 
-def targeted_retain(t: dict[str, Any]) -> Result:
+def neggrad_stop(card: Scorecard) -> str:
+    """How the NegGrad row of the delta-Targeted claims was stopped, from its recorded parameters."""
+    p = card.method["params"]
+    return (f"NegGrad: lr {p['lr']:g}, up to {p['epochs']} epochs, stopped once a batch's forget loss exceeded "
+            f"{p['max_loss']:g} nats; ran {card.timings['method_seconds']:.2f} s")
+
+
+def targeted_pair(t: dict[str, Any]) -> tuple[dict[str, Scorecard], str | None]:
     cards = {k: card_of(v) for k, v in t["cards"].items()}
-    n = t["meta"]["n_forget"]
-    tn, ng = cards["targeted-noise-3"], cards["neggrad-forgets"]
-    evidence = (f"paper-recipe rows (not tuned): retain accuracy {retain_acc(tn):.1f}% (forget error {val(tn, 'forget_error'):.1f}%) vs NegGrad "
-                f"{retain_acc(ng):.1f}% (forget error {val(ng, 'forget_error'):.1f}%); paper's ResNet-18 row "
-                f"(Table 11, |D_f|=64): 92.4% vs NegGrad 45.8% at 0% forget accuracy; original here "
+    return cards, both_forgot(cards, ("targeted-noise-3", "neggrad-forgets"))
+
+
+def targeted_retain(t: dict[str, Any]) -> Result:
+    cards, missing = targeted_pair(t)
+    tn, t1, ng = cards["targeted-noise-3"], cards["targeted-noise-1"], cards["neggrad-forgets"]
+    evidence = (f"paper-recipe rows (not tuned): retain accuracy lambda=3 {retain_acc(tn):.1f}% (forget error "
+                f"{val(tn, 'forget_error'):.1f}%), lambda=1 {retain_acc(t1):.1f}% (forget error "
+                f"{val(t1, 'forget_error'):.1f}%) vs NegGrad {retain_acc(ng):.1f}% (forget error "
+                f"{val(ng, 'forget_error'):.1f}%; {neggrad_stop(ng)}); paper's ResNet-18 row (Table 11, |D_f| = 64): "
+                f"lambda=3 92.4% vs NegGrad 45.8% at 0% forget accuracy; original here "
                 f"{retain_acc(tn, 'original'):.1f}%")
-    missing = both_forgot(cards, ("targeted-noise-3", "neggrad-forgets"))
     if missing:
         return "not reproduced", f"{missing}; {evidence}"
-    return gated(tn, n, lambda: result(retain_acc(tn) > retain_acc(ng) + 10, evidence + " (needs > NegGrad + 10)"))
+    return gated(tn, t["meta"]["n_forget"],
+                 lambda: result(retain_acc(tn) > retain_acc(ng) + 10, evidence + " (needs > NegGrad + 10)"))
 
 
 def targeted_l1(t: dict[str, Any]) -> Result:
-    cards = {k: card_of(v) for k, v in t["cards"].items()}
-    tn, ng = cards["targeted-noise-3"], cards["neggrad-forgets"]
-    l1 = {k: val(cards[k], "param_l1_all_to_original") for k in ("targeted-noise-3", "neggrad-forgets")}
-    ng_params = ng.method["params"]
-    evidence = (f"paper-recipe rows (not tuned): L1 change {l1['targeted-noise-3']:.1f} vs NegGrad {l1['neggrad-forgets']:.1f} (NegGrad: lr "
-                f"{ng_params['lr']:g}, up to {ng_params['epochs']} epochs, stopped once a batch's forget loss exceeded "
-                f"{ng_params['max_loss']:g} nats; ran {card_of(t['cards']['neggrad-forgets']).timings['method_seconds']:.2f} s)")
-    missing = both_forgot(cards, ("targeted-noise-3", "neggrad-forgets"))
+    cards, missing = targeted_pair(t)
+    l1 = {k: val(cards[k], "param_l1_all_to_original") for k in ("targeted-noise-3", "targeted-noise-1",
+                                                                  "neggrad-forgets")}
+    evidence = (f"paper-recipe rows (not tuned): L1 change lambda=3 {l1['targeted-noise-3']:.1f}, lambda=1 "
+                f"{l1['targeted-noise-1']:.1f} vs NegGrad {l1['neggrad-forgets']:.1f} "
+                f"({neggrad_stop(cards['neggrad-forgets'])})")
     if missing:
         return "not reproduced", f"{missing}; {evidence}"
-    return gated(tn, t["meta"]["n_forget"], lambda: result(l1["targeted-noise-3"] < l1["neggrad-forgets"], evidence))
+    return gated(cards["targeted-noise-3"], t["meta"]["n_forget"],
+                 lambda: result(l1["targeted-noise-3"] < l1["neggrad-forgets"], evidence))
+
+
+PAPER_TARGETED_RETAIN = 92.4  # Table 11 (Fashion-MNIST, ResNet-18), |D_f| = 64, lambda = 3, D_r accuracy
+
+
+def targeted_paper_level(t: dict[str, Any]) -> Result:
+    """lambda=3's retain accuracy (after forgetting) within 5 points of the paper's ResNet-18 row."""
+    cards, _ = targeted_pair(t)
+    tn = cards["targeted-noise-3"]
+    fe, ra = val(tn, "forget_error"), retain_acc(tn)
+    evidence = (f"paper-recipe row (not tuned): retain accuracy {ra:.1f}% at forget error {fe:.1f}% vs the paper's "
+                f"{PAPER_TARGETED_RETAIN}% at 0% forget accuracy (needs forget error >= 90% and retain accuracy "
+                f">= {PAPER_TARGETED_RETAIN - 5:.1f}%); original here {retain_acc(tn, 'original'):.1f}%")
+    return gated(tn, t["meta"]["n_forget"], lambda: result(fe >= 90 and ra >= PAPER_TARGETED_RETAIN - 5, evidence))
 
 
 def lowest_avg_gap(baselines: tuple[str, ...]) -> Callable[[dict[str, Any]], Result]:
@@ -418,7 +444,8 @@ def lowest_avg_gap(baselines: tuple[str, ...]) -> Callable[[dict[str, Any]], Res
         cards = {k: card_of(v) for k, v in t["cards"].items()}
         gaps = {k: val(cards[k], "avg_gap") for k in ("natmu", *baselines) if k in cards}
         best = min(gaps, key=gaps.get)
-        text = "AvgGap " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(gaps.items(), key=lambda kv: kv[1]))
+        text = ("AvgGap " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(gaps.items(), key=lambda kv: kv[1]))
+                + f" (the untouched original: {val(cards['natmu'], 'avg_gap', 'original'):.2f})")
         return gated(cards["natmu"], t["meta"]["n_forget"], lambda: result(best == "natmu", text))
     return check
 
@@ -431,7 +458,8 @@ def tmu_aligned(t: dict[str, Any]) -> Result:
     ok = all(delta["tmu"] <= delta[k] and dist["tmu"] <= dist[k] for k in ("bad-teacher", "finetune"))
     text = (f"Delta {', '.join(f'{k} {v:.2f}' for k, v in delta.items())}; activation distance "
             f"{', '.join(f'{k} {v:.4f}' for k, v in dist.items())}; TMU hard samples {d.get('n_hard')} of "
-            f"{t['meta']['n_forget']}, classifier balanced accuracy {d.get('classifier_balanced_accuracy', math.nan):.2f}")
+            f"{t['meta']['n_forget']}, classifier balanced accuracy "
+            f"{d.get('classifier_balanced_accuracy', math.nan):.2f}")
     return gated(cards["tmu"], t["meta"]["n_forget"], lambda: result(ok, text))
 
 
@@ -466,6 +494,8 @@ CLAIMS = (
           ("digits-poison", "fashion-mnist-poison"), pgu_depoison),
     Claim(PAPER_TARGETED, "|D_f| = 64: lambda=3 keeps retain accuracy far (> 10 points) above NegGrad when both forget",
           ("digits-64", "fashion-mnist-64"), targeted_retain),
+    Claim(PAPER_TARGETED, "|D_f| = 64, Fashion-MNIST: lambda=3 retain accuracy near the paper's ResNet-18 row "
+          "(92.4% at 0% forget accuracy; within 5 points)", ("fashion-mnist-64",), targeted_paper_level),
     Claim(PAPER_TARGETED, "|D_f| = 64: smaller L1 parameter change than NegGrad when both forget",
           ("digits-64", "fashion-mnist-64"), targeted_l1),
     Claim(PAPER_NATMU, "random subset: lowest AvgGap (paper's 3-term definition) of its Table 3 methods",
@@ -518,20 +548,26 @@ def compact_table(task: dict[str, Any], cards: dict[str, Scorecard]) -> list[str
     first = next(iter(cards.values()))
     names = [r for r in KEY_READOUTS if any(x.name == r for x in first.readouts)]
     gold_s = (cards["retrain"].timings["method_seconds"] if "retrain" in cards else first.timings["gold_seconds"])
-    head = ["row", *names, "method s", "x gold retrain speed"]
+    head = ["row", *names, "forget gap to gold", "test gap to gold", "method s", "x gold retrain speed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
     for label, c in cards.items():
         t = c.timings["method_seconds"] + c.timings.get("train_stats_seconds", 0.0)
-        lines.append("| " + " | ".join([label, *(fmt(c.readout(r).unlearned) for r in names), f"{t:.3f}",
-                                        f"{gold_s / t:.1f}" if t > 0 else "-"]) + " |")
+        gaps = [f"{c.readout(r).gap:+.2f}" for r in ("forget_error", "test_error")]
+        lines.append("| " + " | ".join([label, *(fmt(c.readout(r).unlearned) for r in names), *gaps, f"{t:.3f}",
+                                        f"{gold_s / t:.1f}" if t > 0 and "retrain" in cards else "-"]) + " |")
+    if task["meta"]["kind"] == "incremental":  # each step has its own gold models
+        return lines + ["", "Gold models per step (retrained without every batch so far): " + "; ".join(
+            f"{label}: forget error {c.readout('forget_error').gold:.2f}, test error {c.readout('test_error').gold:.2f}"
+            f" (spread {c.readout('forget_error').spread_max or 0:.2f}, {c.readout('test_error').spread_max or 0:.2f})"
+            for label, c in cards.items()) + f". Original: test error {first.readout('test_error').original:.2f}."]
     for column in ("original", "gold"):
         lines.append("| " + " | ".join([f"*{column}*", *(fmt(getattr(first.readout(r), column)) for r in names),
-                                        "", ""]) + " |")
+                                        "", "", "", ""]) + " |")
     lines.append("| " + " | ".join(["*gold-vs-gold (max)*", *(fmt(first.readout(r).spread_max) for r in names),
-                                    "", ""]) + " |")
+                                    "", "", "", ""]) + " |")
     return lines
 
 
@@ -544,7 +580,9 @@ def task_section(name: str, task: dict[str, Any]) -> list[str]:
     renamed = [replace(c, method={**c.method, "name": label}) for label, c in cards.items()]
     lines = ["", f"## {name}", "", f"|D_f| = {m['n_forget']}, {m['gold_count']} gold models, {m['epochs']}-epoch "
              f"recipe; {arm}. Run {m['date_utc']} UTC, {m['wall_seconds']:.0f} s wall ({m['tuning_seconds']:.0f} s "
-             "tuning). Speed is against the `retrain` row: a fresh gold retrain timed in the same run.", "",
+             "tuning)." + (" Speed is against the `retrain` row: a fresh gold retrain timed in the same run."
+                           if "retrain" in cards else " The time of step t is the whole sequence of t deletions."),
+             "",
              *compact_table(task, cards)]
     if m["tuning"]:
         lines += ["", "| row | chosen parameters | score (default's) | tuning s |", "|---|---|---|---|"]
