@@ -12,12 +12,14 @@ CNN, 25 epochs, ~100 s per model). For each task the script
 3. writes ``reports/papers/<task>.json`` (scorecards, tuning tables, timings).
 
 Then it checks every claim on the task files present (``--report`` rebuilds only this part) and writes
-``reports/papers/README.md`` and ``claims.json``. A claim is reproduced only if the method demonstrably acted (see
+``reports/papers/README.md`` (``HEAD.md``, the generated claim table, ``ACCOUNT.md``, the generated task tables)
+and ``claims.json``. A claim is reproduced only if the method demonstrably acted (see
 :func:`acted`); each result is ``reproduced``, ``not reproduced`` (with the measured reason) or ``untestable``.
 
 Usage (one torch thread):
-    python reports/scripts/papers.py --family digits                 # ~10 min, budget 16
-    python reports/scripts/papers.py --only fashion-mnist-class --cache-dir /tmp/fm-cache
+    python reports/scripts/papers.py --family digits                 # ~4 min, budget 16
+    python reports/scripts/papers.py --only fashion-mnist-class --cache-dir /tmp/fm-cache   # presets
+    python reports/scripts/papers.py --only fashion-mnist-64 --tune-fmnist --budget 4 --proxies 1 --proxy-golds 1
     python reports/scripts/papers.py --report
 """
 from __future__ import annotations
@@ -606,7 +608,8 @@ def claims_table(checks: list[dict[str, Any]]) -> list[str]:
 def write_report(tasks: dict[str, dict[str, Any]]) -> None:
     checks = evaluate_claims(tasks)
     head = (OUT / "HEAD.md").read_text() if (OUT / "HEAD.md").is_file() else "# Papers' claims, re-tested\n"
-    lines = [head.rstrip(), "", "## Claims", "", *claims_table(checks), "", "# Task tables"]
+    account = (OUT / "ACCOUNT.md").read_text().rstrip() if (OUT / "ACCOUNT.md").is_file() else ""
+    lines = [head.rstrip(), "", "## Claims", "", *claims_table(checks), "", account, "", "# Task tables"]
     for name, task in tasks.items():
         lines += task_section(name, task)
     (OUT / "README.md").write_text("\n".join(lines) + "\n")
@@ -623,6 +626,8 @@ def main() -> int:
     parser.add_argument("--proxies", type=int, default=2)
     parser.add_argument("--proxy-golds", type=int, default=2)
     parser.add_argument("--gold-seeds", type=int, default=3)
+    parser.add_argument("--tune-fmnist", action="store_true",
+                        help="tune the Fashion-MNIST tasks too (default: their task-matched presets)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = TensorCache(args.cache_dir or tempfile.mkdtemp(prefix="muaudit-papers-"))
@@ -631,7 +636,7 @@ def main() -> int:
                                     if (args.only or args.family) else list(PLANS))
     OUT.mkdir(parents=True, exist_ok=True)
     for name in names:
-        plan = PLANS[name]
+        plan = replace(PLANS[name], tuned=True) if args.tune_fmnist else PLANS[name]
         payload = (run_incremental if plan.kind == "incremental" else run_audit)(name, plan, settings)
         (OUT / f"{name}.json").write_text(json.dumps(payload, indent=1, sort_keys=True, allow_nan=False))
         log(name, f"written ({payload['meta']['wall_seconds']:.0f} s)")
