@@ -580,7 +580,7 @@ def task_section(name: str, task: dict[str, Any]) -> list[str]:
            else "**task-matched presets** (`preset=auto`), **not tuned** (see 'Budgets')")
     cards = ordered_cards(task)
     renamed = [replace(c, method={**c.method, "name": label}) for label, c in cards.items()]
-    lines = ["", f"## {name}", "", f"|D_f| = {m['n_forget']}, {m['gold_count']} gold models, {m['epochs']}-epoch "
+    lines = ["", f"## {name}", "", f"Forget set of {m['n_forget']} examples, {m['gold_count']} gold models, {m['epochs']}-epoch "
              f"recipe; {arm}. Run {m['date_utc']} UTC, {m['wall_seconds']:.0f} s wall ({m['tuning_seconds']:.0f} s "
              "tuning)." + (" Speed is against the `retrain` row: a fresh gold retrain timed in the same run."
                            if "retrain" in cards else " The time of step t is the whole sequence of t deletions."),
@@ -601,8 +601,13 @@ def task_section(name: str, task: dict[str, Any]) -> list[str]:
 def claims_table(checks: list[dict[str, Any]]) -> list[str]:
     lines = ["| paper | claim | task | result | evidence |", "|---|---|---|---|---|"]
     short = {c.paper: c.paper.split(" (")[0] for c in CLAIMS}
-    return lines + [f"| {short[c['paper']]} | {c['claim']} | {c['task']} | **{c['status']}** | {c['evidence']} |"
-                    for c in checks]
+    return lines + [f"| {short[c['paper']]} | {cell(c['claim'])} | {c['task']} | **{c['status']}** | "
+                    f"{cell(c['evidence'])} |" for c in checks]
+
+
+def cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (|D_f| and |gap| would end the cell)."""
+    return text.replace("|", "\\|")
 
 
 def write_report(tasks: dict[str, dict[str, Any]]) -> None:
