@@ -86,10 +86,12 @@ def _variant(base: str, name: str, forget: ForgetSpec) -> Callable[[], Task]:
 NATMU_RANDOM_TABLE = ("finetune", "random-label", "bad-teacher", "salun")  # NatMU Table 3 baselines
 NATMU_CLASS_TABLE = ("finetune", "neggrad", "random-label", "bad-teacher", "salun", "ssd")  # NatMU Table 1
 #: NegGrad "run until it forgets" (the delta-Targeted paper compares methods at 0% forget accuracy): gradient ascent
-#: for up to 100 epochs, stopped once a batch's forget loss passes 30 nats; lr per family (measured: at 1e-3 the
-#: digits MLP never reaches the threshold, forget error 3.1%; at 1e-2 it does). Fixed by the claim, not tuned.
+#: for up to 100 epochs, stopped once a batch's forget loss passes a threshold, per family the smaller of 30 and 60
+#: nats that reaches >= 90% forget error (measured on the |D_f| = 64 tasks: digits at lr 1e-3 never reaches 30 nats,
+#: forget error 3.1%, at lr 1e-2 it reaches 90.6%; Fashion-MNIST at lr 1e-3 and 30 nats stops at 82.8%, at 60 nats
+#: 95.3%). Fixed by the claim, not tuned.
 NEGGRAD_FORGETS = {"digits": {"lr": 1e-2, "epochs": 100, "max_loss": 30.0},
-                   "fmnist": {"lr": 1e-3, "epochs": 100, "max_loss": 30.0}}
+                   "fmnist": {"lr": 1e-3, "epochs": 100, "max_loss": 60.0}}
 
 
 def _random_rows() -> tuple[Run, ...]:
