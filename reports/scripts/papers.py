@@ -582,16 +582,17 @@ def task_section(name: str, task: dict[str, Any]) -> list[str]:
            else "**task-matched presets** (`preset=auto`), **not tuned** (see 'Budgets')")
     cards = ordered_cards(task)
     renamed = [replace(c, method={**c.method, "name": label}) for label, c in cards.items()]
-    lines = ["", f"## {name}", "", f"Forget set of {m['n_forget']} examples, {m['gold_count']} gold models, {m['epochs']}-epoch "
-             f"recipe; {arm}. Run {m['date_utc']} UTC, {m['wall_seconds']:.0f} s wall ({m['tuning_seconds']:.0f} s "
-             "tuning)." + (" Speed is against the `retrain` row: a fresh gold retrain timed in the same run."
-                           if "retrain" in cards else " The time of step t is the whole sequence of t deletions."),
+    lines = ["", f"## {name}", "", f"Forget set of {m['n_forget']} examples, {m['gold_count']} gold models, "
+             f"{m['epochs']}-epoch recipe; {arm}. Run {m['date_utc']} UTC, {m['wall_seconds']:.0f} s wall "
+             f"({m['tuning_seconds']:.0f} s tuning)." + (
+                 " Speed is against the `retrain` row: a fresh gold retrain timed in the same run."
+                 if "retrain" in cards else " The time of step t is the whole sequence of t deletions."),
              "",
              *compact_table(task, cards)]
     if m["tuning"]:
         lines += ["", "| row | chosen parameters | score (default's) | tuning s |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['chosen']} | {v['chosen_score']:.3f} ({v['default_score']:.3f}) | {v['seconds']:.1f} |"
-                  for k, v in m["tuning"].items()]
+        lines += [f"| {k} | {v['chosen'] or 'the task-matched default'} | {v['chosen_score']:.3f} "
+                  f"({v['default_score']:.3f}) | {v['seconds']:.1f} |" for k, v in m["tuning"].items()]
     fixed = [r for r in m["rows"] if not r["tuned"] and r["method"] != "retrain"]
     if fixed:
         lines += ["", "Not tuned: " + "; ".join(f"`{r['label']}` ({r['fixed'] or 'preset'})" for r in fixed) + "."]
