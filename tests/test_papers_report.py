@@ -45,9 +45,9 @@ def test_untouched_model_did_not_act_and_retrain_did(papers, digits_class_setup)
 def test_no_claim_is_reproduced_by_untouched_models(papers, digits_class_setup):
     setup = digits_class_setup
     labels = ["mu-mis", "pgu", "natmu", "finetune", "neggrad", "random-label", "bad-teacher", "salun", "ssd", "tmu",
-              "targeted-noise-3", "neggrad-forgets"]
+              "targeted-noise-1", "targeted-noise-3", "neggrad-forgets"]
     retrain = build_scorecard(setup, run_method(setup, load_by_name(METHODS, "retrain"), {}), _attacks()).to_dict()
-    cards = {label: _untouched(setup, label.removesuffix("-3").removesuffix("-forgets"),
+    cards = {label: _untouched(setup, label.removesuffix("-1").removesuffix("-3").removesuffix("-forgets"),
                                papers.NEGGRAD_FORGETS["digits"] if label == "neggrad-forgets" else None)
              for label in labels}
     cards["retrain"] = retrain
