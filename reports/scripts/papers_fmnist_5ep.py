@@ -1,13 +1,14 @@
-"""Issue 4 benchmark: the direction of each paper's headline claim on Fashion-MNIST with the small CNN.
+"""HISTORICAL (issue 4; superseded by ``reports/scripts/papers.py``, issue 12). Issue 4 benchmark: the direction of each paper's headline claim on Fashion-MNIST with the small CNN.
 
 Runs the five papers' methods and the relevant baselines against the gold retrain on three Fashion-MNIST tasks
 (random subset of 1000, random subset of 64, full class 0), with two gold models per task and every timing of a
-task measured in the same run as its gold retrain. Each task's scorecards go to ``reports/papers/<task>.json``;
-the claims are then checked on every task file present and written to ``reports/papers/fashion-mnist.md`` and
+task measured in the same run as its gold retrain. Each task's scorecards go to ``reports/papers/5ep/<task>.json``;
+the claims are then checked on every task file present and written to ``reports/papers/5ep/fashion-mnist.md`` and
 ``claims.json``, so that one task can be re-run alone (``--only``). Start from an empty cache (the default) so the
 gold retrain time is measured in the same run.
 
-Usage: python reports/scripts/papers_fmnist.py [--cache-dir DIR] [--only TASK] [--report]
+These 5-epoch tasks never memorise D_f, so most claims could not show; kept to reproduce the committed
+``reports/papers/5ep/`` files. Usage: python reports/scripts/papers_fmnist_5ep.py [--cache-dir DIR] [--only TASK] [--report]
 Takes roughly 40 minutes on 2 CPU cores; needs ``apt-get install dataset-fashion-mnist``.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from muaudit.plugins import ATTACKS, METHODS, load_by_name
 from muaudit.results import Scorecard, comparison_table
 from muaudit.task import NAMED_TASKS, ForgetSpec
 
-OUT = Path(__file__).resolve().parents[1] / "papers"
+OUT = Path(__file__).resolve().parents[1] / "papers" / "5ep"
 
 # (label, method, params) per task; labels name the table columns.
 RUNS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
@@ -175,7 +176,7 @@ def main() -> int:
     cards = load_tasks()
     checks = claims(cards)
     lines = ["# Papers' headline claims on Fashion-MNIST (small CNN)", "",
-             "Produced by `python reports/scripts/papers_fmnist.py`; the numbers of each task come from one run, "
+             "Produced by `python reports/scripts/papers_fmnist_5ep.py`; the numbers of each task come from one run, "
              "the same run as its gold retrain.", "",
              "| paper | claim | task | reproduced | evidence |", "|---|---|---|---|---|"]
     lines += [f"| {c['paper']} | {c['claim']} | {c['task']} | {'yes' if c['reproduced'] else 'NO'} | "
