@@ -60,6 +60,11 @@ _EPILOGS = {
   muaudit compare --methods retrain,finetune,neggrad --out reports/runs/digits
   muaudit compare --methods finetune,neggrad --method-arg neggrad.lr=1e-3 --model original.pt
   muaudit compare --methods finetune,neggrad --fail-on "mia_loss_auc.upper > 0.55"   # per method""",
+    "merge": """examples:
+  muaudit merge runs/finetune runs/neggrad --out runs/all      # scorecards from two machines, one comparison
+  muaudit merge runs/cmp-a/comparison.json runs/cmp-b --json""",
+    "golds": """examples:
+  muaudit golds --task fashion-mnist-random --gold-seeds 3 --cache-dir /shared/muaudit   # before a grid of jobs""",
     "list": """examples:
   muaudit list
   muaudit list methods -v
@@ -176,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fix a method hyperparameter (not searched; repeatable)")
     tune.add_argument("--out", help="directory to write tune.json and tune.md into")
     _add_tune_options(tune)
+    merge = sub.add_parser("merge", help="combine scorecards from several runs or machines into one comparison",
+                           epilog=_EPILOGS["merge"], formatter_class=fmt)
+    merge.add_argument("paths", nargs="+", metavar="PATH",
+                       help="a scorecard.json or comparison.json, or a directory holding one")
+    merge.add_argument("--out", help="directory to write comparison.json, comparison.md and report.html into")
+    merge.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    golds = sub.add_parser("golds", help="train and cache a task's original and gold models (warm a shared cache)",
+                           epilog=_EPILOGS["golds"], formatter_class=fmt)
+    _add_common(golds)
+    golds.add_argument("--gold-seeds", type=int, default=2, metavar="K", help="gold models to cache (default 2)")
     lister = sub.add_parser("list", help="list methods, attacks and tasks", epilog=_EPILOGS["list"],
                             formatter_class=fmt)
     lister.add_argument("what", nargs="?", choices=["methods", "attacks", "tasks"], help="only this kind")
@@ -802,5 +817,29 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out)
+    from muaudit.merge import merge, read_source
+
+    comparison = merge([read_source(p) for p in args.paths])
+    text = comparison.to_json() if args.json else comparison.to_markdown()
+    files = {"comparison.json": comparison.to_json(), "comparison.md": comparison.to_markdown()}
+    return _emit(text, args.out, files, lambda: _report(comparison))
+
+
+def _cmd_golds(args: argparse.Namespace) -> int:
+    """Train (or find) the original and ``--gold-seeds`` gold models in the cache, so later jobs only read them."""
+    _check_gold_seeds(args.gold_seeds)
+    from muaudit.audit import prepare
+
+    cache, device = _runtime(args)
+    task = _task(args)
+    setup = prepare(task, None, None, args.data_root, args.gold_seeds, cache, device, progress=not args.quiet)
+    trained = setup._bank.n_trained if setup._bank is not None else 0
+    print(f"task {setup.task.name} [{setup.task.content_hash()[:12]}]: the original and {len(setup.golds)} gold "
+          f"model(s) are cached in {cache.root} ({trained} trained now, {1 + len(setup.golds) - trained} reused)")
+    return ExitCode.OK
+
+
 _COMMANDS = {"train": _cmd_train, "score": _cmd_score, "compare": _cmd_compare, "tune": _cmd_tune,
-             "list": _cmd_list, "describe": _cmd_describe}
+             "list": _cmd_list, "describe": _cmd_describe, "merge": _cmd_merge, "golds": _cmd_golds}

@@ -1,0 +1,87 @@
+"""``muaudit merge`` (scorecards from several runs into one comparison, with its refusals) and ``muaudit golds``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from muaudit.cli import main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """Scorecards written by separate ``score`` runs (as on separate machines sharing a task)."""
+    root = tmp_path_factory.mktemp("runs")
+    argv = {"finetune": ["--method", "finetune", "--method-arg", "epochs=1"],
+            "neggrad": ["--method", "neggrad", "--method-arg", "epochs=1"],
+            "class": ["--method", "finetune", "--method-arg", "epochs=1", "--task", "digits-class"],
+            "three-golds": ["--method", "neggrad", "--method-arg", "epochs=1", "--gold-seeds", "3"]}
+    for name, extra in argv.items():
+        assert main(["score", *extra, "--attacks", "loss", "--cache-dir", str(cache_dir), "--quiet",
+                     "--out", str(root / name)]) == 0
+    return {name: root / name for name in argv}
+
+
+def _one_error(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("muaudit: error:"), lines
+    return lines[0]
+
+
+def test_merge_combines_runs_into_one_comparison(runs, tmp_path, capsys):
+    out = tmp_path / "merged"
+    assert main(["merge", str(runs["finetune"]), str(runs["neggrad"] / "scorecard.json"), "--out", str(out)]) == 0
+    merged = json.loads((out / "comparison.json").read_text())
+    assert [c["method"]["name"] for c in merged["scorecards"]] == ["finetune", "neggrad"]
+    alone = json.loads((runs["neggrad"] / "scorecard.json").read_text())
+    assert merged["scorecards"][1]["readouts"] == alone["readouts"]  # nothing recomputed
+    assert (out / "report.html").is_file() and "| readout" in (out / "comparison.md").read_text()
+    again = tmp_path / "again"  # a merged comparison merges further
+    capsys.readouterr()
+    assert main(["merge", str(out), str(runs["neggrad"]), "--out", str(again)]) == 2  # neggrad twice
+    assert "repeats the scorecard of 'neggrad'" in _one_error(capsys)
+
+
+@pytest.mark.parametrize("other, difference", [
+    ("class", "different task"),
+    ("three-golds", "different gold models"),
+])
+def test_merge_refuses_other_experiments(runs, tmp_path, capsys, other, difference):
+    code = main(["merge", str(runs["finetune"]), str(runs[other]), "--out", str(tmp_path / "m")])
+    line = _one_error(capsys)
+    assert code == 2 and difference in line and str(runs[other]) in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_refuses_another_schema_version(runs, tmp_path, capsys):
+    raw = json.loads((runs["neggrad"] / "scorecard.json").read_text())
+    raw["schema_version"] = "1.2"
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    assert main(["merge", str(runs["finetune"]), str(tmp_path / "old.json")]) == 2
+    assert "different schema version: 1.2 vs 1.3" in _one_error(capsys)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "no such file"), ("{", "cannot be read as JSON"), ('{"a": 1}', "not a muaudit scorecard"),
+    ("DIR", "holds neither"),
+])
+def test_merge_bad_paths_are_one_line(tmp_path, capsys, content, fragment):
+    path = tmp_path / "x.json"
+    if content == "DIR":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    assert main(["merge", str(path)]) == 2
+    assert fragment in _one_error(capsys)
+
+
+def test_golds_warms_a_cache_that_later_runs_reuse(tmp_path, capsys):
+    cache = tmp_path / "shared"
+    assert main(["golds", "--task", "digits", "--gold-seeds", "2", "--cache-dir", str(cache), "--quiet"]) == 0
+    assert "(3 trained now, 0 reused)" in capsys.readouterr().out
+    assert main(["golds", "--task", "digits", "--gold-seeds", "2", "--cache-dir", str(cache), "--quiet"]) == 0
+    assert "(0 trained now, 3 reused)" in capsys.readouterr().out
+    assert main(["golds", "--gold-seeds", "0", "--cache-dir", str(cache)]) == 2
+    assert "--gold-seeds must be at least 1" in _one_error(capsys)
