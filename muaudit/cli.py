@@ -85,6 +85,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="model cache (default: $MUAUDIT_CACHE_DIR or ~/.cache/muaudit)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=["sequential", "processes"], default="sequential",
+                   help="who trains missing models: this process (default) or local worker processes")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for --executor processes (default: the CPU count)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -296,6 +300,12 @@ def _task(args: argparse.Namespace) -> Any:
     return None if args.task is None else resolve_task(args.task)
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    from muaudit.engine import make_executor
+
+    return make_executor(getattr(args, "executor", "sequential"), getattr(args, "workers", None))
+
+
 def _runtime(args: argparse.Namespace) -> tuple[Any, Any]:
     from muaudit.cache import TensorCache
     from muaudit.training import resolve_device
@@ -339,7 +349,8 @@ def _setup(args: argparse.Namespace, golds: bool = True) -> Any:
     cache, device = _runtime(args)
     task, arch, adapter = _model_source(args)
     return prepare(task, args.model, arch, args.data_root, gold_seeds if golds else 0, cache, device,
-                   progress=not args.quiet, retain_sample_size=_retain_sample(args), adapter=adapter)
+                   progress=not args.quiet, retain_sample_size=_retain_sample(args), adapter=adapter,
+                   executor=_executor(args))
 
 
 def _model_source(args: argparse.Namespace) -> tuple[Any, str | None, Any]:
@@ -437,8 +448,17 @@ def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
                                  f"{', '.join(sorted(known)) or 'none'}).")
 
 
+def _check_workers(args: argparse.Namespace) -> None:
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise _UsageError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and getattr(args, "executor", "sequential") != "processes":
+        raise _UsageError("--workers needs --executor processes")
+
+
 def _check_audit_options(args: argparse.Namespace) -> None:
     """The audit options' usage errors, before any heavy import."""
+    _check_workers(args)
     _check_gold_seeds(getattr(args, "gold_seeds", 1))
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
@@ -830,11 +850,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_golds(args: argparse.Namespace) -> int:
     """Train (or find) the original and ``--gold-seeds`` gold models in the cache, so later jobs only read them."""
     _check_gold_seeds(args.gold_seeds)
+    _check_workers(args)
     from muaudit.audit import prepare
 
     cache, device = _runtime(args)
     task = _task(args)
-    setup = prepare(task, None, None, args.data_root, args.gold_seeds, cache, device, progress=not args.quiet)
+    setup = prepare(task, None, None, args.data_root, args.gold_seeds, cache, device, progress=not args.quiet,
+                    executor=_executor(args))
     trained = setup._bank.n_trained if setup._bank is not None else 0
     print(f"task {setup.task.name} [{setup.task.content_hash()[:12]}]: the original and {len(setup.golds)} gold "
           f"model(s) are cached in {cache.root} ({trained} trained now, {1 + len(setup.golds) - trained} reused)")

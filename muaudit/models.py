@@ -154,7 +154,14 @@ def train_golds(bank: ShadowBank, count: int) -> list[TrainedModel]:
         raise TaskError("at least one gold model is needed (--gold-seeds >= 1)")
     forget = np.asarray(bank.task.forget_indices or (), dtype=np.int64)
     retain = np.setdiff1d(np.arange(bank.n_train), forget)
-    return [_train_cached(bank, retain, "gold", s) for s in gold_seeds(bank.task, count)]
+    requests = [ModelRequest("gold", retain, s) for s in gold_seeds(bank.task, count)]
+    cached = [bank.metadata(r, trainer="sequential") is not None for r in requests]
+    models = bank.models(requests, trainer="sequential")  # the misses together: an executor may spread them
+    out = []
+    for request, model, hit in zip(requests, models, cached):
+        meta = bank.metadata(request, trainer="sequential") or {}
+        out.append(TrainedModel(model, request.seed, float(meta.get("train_seconds", float("nan"))), hit))
+    return out
 
 
 def original_from_checkpoint(ckpt: Checkpoint, task: Task | None, arch: str | None,
@@ -222,8 +229,8 @@ def _load_original(task: Task, data: DataBundle, ckpt: Checkpoint, adapter: Stat
 def prepare(task: Task | None, checkpoint: str | Path | Checkpoint | None = None, arch: str | None = None,
             data_root: str | None = None, gold_count: int = 2, cache: TensorCache | None = None,
             device: torch.device | None = None, progress: bool = False,
-            retain_sample_size: int | None = DEFAULT_RETAIN_SAMPLE, adapter: StateAdapter | None = None
-            ) -> AuditSetup:
+            retain_sample_size: int | None = DEFAULT_RETAIN_SAMPLE, adapter: StateAdapter | None = None,
+            executor: Any = None) -> AuditSetup:
     """Load data, the original model and the gold models.
 
     The original comes from ``checkpoint`` (whose metadata names its task; a bare state dict needs ``task``) or,
@@ -232,6 +239,7 @@ def prepare(task: Task | None, checkpoint: str | Path | Checkpoint | None = None
     ``retain_sample_size`` bounds the retain evaluation set of readouts and attacks (``None``: all of D_r).
     ``checkpoint`` may also be an in-memory :class:`~muaudit.checkpoint.Checkpoint`; ``adapter`` says how to read
     a foreign state dict (:mod:`muaudit.adapt`; the steps taken are recorded in ``original_source["adapted"]``).
+    ``executor`` trains the bank's missing models (:mod:`muaudit.engine`; default: in this process).
     """
     from muaudit.task import NAMED_TASKS
 
@@ -245,7 +253,7 @@ def prepare(task: Task | None, checkpoint: str | Path | Checkpoint | None = None
     with timer("data_load"):
         data = task.dataset.load()
         task = task.materialise(data)
-    bank = ShadowBank(task, data, cache, device, progress=progress)
+    bank = ShadowBank(task, data, cache, device, progress=progress, executor=executor)
     with timer("original"):
         if ckpt is not None:
             original, notes = _load_original(task, data, ckpt, adapter or StateAdapter())

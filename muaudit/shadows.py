@@ -33,7 +33,7 @@ from muaudit.errors import CheckpointError, PluginValidationError
 from muaudit.locks import entry_locks
 from muaudit.timing import LOG, log_after_seconds
 from muaudit.task import Task
-from muaudit.training import check_trained, fresh_model, predict_logits, train_from_scratch
+from muaudit.training import check_trained, fresh_model, predict_logits
 from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
 
 BANK_SCHEMA = 1
@@ -110,7 +110,7 @@ class ShadowBank:
     """
 
     def __init__(self, task: Task, data: DataBundle, cache: TensorCache, device: torch.device,
-                 progress: bool = False, vectorise: str = "auto", chunk: int = 32) -> None:
+                 progress: bool = False, vectorise: str = "auto", chunk: int = 32, executor: Any = None) -> None:
         if vectorise not in VECTORISE_MODES:
             raise ValueError(f"vectorise must be one of {', '.join(VECTORISE_MODES)}, got {vectorise!r}")
         if chunk < 1:
@@ -119,6 +119,9 @@ class ShadowBank:
         # to reach the audit's data through it.
         self.task, self.data, self.cache, self.device = task, data.clone(), cache, device
         self.progress, self.chunk = progress, chunk
+        from muaudit.engine import SequentialExecutor
+
+        self.executor = executor or SequentialExecutor()  # who trains the misses one by one (muaudit.engine)
         train = task.training_split(data)
         fine = None if train.fine is None or data.test.fine is None else torch.cat([train.fine, data.test.fine])
         self.pool = Split(torch.cat([train.x, data.test.x]), torch.cat([train.y, data.test.y]), fine)
@@ -294,12 +297,14 @@ class ShadowBank:
                                       [r.seed for r in requests], self.device, self.chunk, label)
             seconds = [(time.perf_counter() - start) / len(requests)] * len(requests)
         else:
-            models, seconds = [], []
-            for r in requests:
-                begin = time.perf_counter()
-                models.append(train_from_scratch(self.task, self.data, self.pool.subset(r.indices.copy()), r.seed,
-                                                 self.device, f"{r.role} seed {r.seed}" if self.progress else None))
-                seconds.append(time.perf_counter() - begin)
+            from muaudit.engine import TrainRequest
+
+            jobs = [TrainRequest(r.role, r.indices, r.seed) for r in requests]
+            trained = self.executor.train(self.task, self.data, self.pool, jobs, self.device, self.progress)
+            models = [t.model if t.model is not None else
+                      load_into(fresh_model(self.task, self.data, 0), t.state, f"{r.role} model (seed {r.seed})")
+                      for t, r in zip(trained, requests)]
+            seconds = [t.seconds for t in trained]
         total = time.perf_counter() - start
         from muaudit.audit import versions  # imported here: muaudit.audit imports this module lazily too
 
