@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=fmt)
     score.add_argument("--method", required=True, help="method name (or dist:name)")
     _add_audit_options(score)
+    score.add_argument("--method-seeds", type=int, default=1, metavar="K",
+                       help="run the method K times with derived seeds: every readout as mean, sd and interval "
+                            "over seeds, and verdicts over seeds (default 1)")
     score.add_argument("--tuned", action="store_true",
                        help="use the parameters 'muaudit tune' selects (cached; run first if missing)")
     score.add_argument("--tune-budget", type=int, default=None, metavar="N",
@@ -527,6 +530,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.tune_budget is not None and not args.tuned:
         raise _UsageError("--tune-budget needs --tuned")
     _check_tune_options(args, budget)
+    if args.method_seeds < 1:
+        raise _UsageError(f"--method-seeds must be at least 1, got {args.method_seeds}")
     _check_out_dir(args.out)
     from muaudit.audit import add_golds, build_scorecard, run_method
 
@@ -538,10 +543,26 @@ def _cmd_score(args: argparse.Namespace) -> int:
     run = (_tuned_run(setup, plugin, params, result, args.seed) if result is not None
            else run_method(setup, plugin, params, args.seed))
     card = build_scorecard(setup, run, attacks, args.challenge_models)
+    if args.method_seeds > 1:
+        card = _over_seeds(setup, card, run, attacks, args, result)
     _report_signal(setup, card)
     written = _emit(card.to_json() if args.json else card.to_text(), args.out,
                     {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()}, lambda: _report(card))
     return _apply_gates(gates, [card], written)
+
+
+def _over_seeds(setup: Any, card: Any, run: Any, attacks: Any, args: argparse.Namespace, tuned: Any) -> Any:
+    """The first run's scorecard with statistics over ``--method-seeds`` runs (:mod:`muaudit.seeds`)."""
+    from dataclasses import replace
+
+    from muaudit.audit import build_scorecard, run_method
+    from muaudit.seeds import method_seeds, seed_section
+
+    seeds = method_seeds(run.seed, args.method_seeds)
+    params = dict(tuned.chosen) if tuned is not None else run.params
+    cards = [card] + [build_scorecard(setup, run_method(setup, run.plugin, params, s), attacks, args.challenge_models)
+                      for s in seeds[1:]]
+    return replace(card, method_seeds=seed_section(cards, seeds))
 
 
 def _gates(args: argparse.Namespace) -> list[Any]:

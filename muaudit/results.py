@@ -1,13 +1,15 @@
 """Frozen result objects: the scorecard, its JSON schema, and its table renderings.
 
-JSON schema (``schema_version`` "1.3"): ``{"schema_version", "method", "task", "readouts": [Readout...],
+JSON schema (``schema_version`` "1.4"): ``{"schema_version", "method", "task", "readouts": [Readout...],
 "attacks": [AttackReport...], "verdicts": [Verdict...], "verdict_summary", "signal", "challenge",
 "entropy_histograms", "provenance", "timings"}``. Version 1.1 added the attacks' intervals, ROC points and per-gold
 metrics and the Streisand verdicts; 1.2 the ``signal`` section (:mod:`muaudit.signal`: can the task show
 forgetting, is the original consistent with it), the ``undetermined`` verdict, the ``forget_loss`` check, each
 verdict's gold values, and the method's ``preset`` and ``tuning`` records; 1.3 the method's ``diagnostics`` (what
-the method reported about its run: iterations, stop reason, selected-example counts; JSON values keyed by name).
-Earlier scorecards still load. Everything except ``timings`` (wall-clock seconds and the creation time)
+the method reported about its run: iterations, stop reason, selected-example counts; JSON values keyed by name);
+1.4 the optional ``method_seeds`` section (:mod:`muaudit.seeds`: each readout's mean, standard deviation and
+interval over K method seeds, and the verdicts over seeds; ``null`` for a single run). Earlier scorecards still
+load. Everything except ``timings`` (wall-clock seconds and the creation time)
 is a deterministic function of the inputs and seeds.
 """
 from __future__ import annotations
@@ -22,11 +24,11 @@ from muaudit.verdicts import Verdict
 if TYPE_CHECKING:
     from muaudit.arrays import AuditArrays
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 #: The columns of :meth:`Scorecard.to_pandas` (and of ``Comparison.to_pandas``, which adds failures).
 FRAME_COLUMNS = ("method", "section", "name", "unit", "unlearned", "original", "gold", "gap", "gold_spread_max",
                  "interval_low", "interval_high", "band_low", "band_high", "verdict", "higher_is_better")
-READABLE_SCHEMAS = ("1.0", "1.1", "1.2", "1.3")
+READABLE_SCHEMAS = ("1.0", "1.1", "1.2", "1.3", "1.4")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class Scorecard:
     challenge: dict[str, Any] | None = None
     signal: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
+    #: Statistics over K method seeds (:mod:`muaudit.seeds`), or ``None`` for a single run.
+    method_seeds: dict[str, Any] | None = None
     #: The audit's per-example arrays (:mod:`muaudit.arrays`; ``arrays.npz`` beside the JSON, never in it).
     arrays: "AuditArrays | None" = field(default=None, compare=False, repr=False)
 
@@ -157,7 +161,7 @@ class Scorecard:
                                     "golds": tuple(v.get("golds", ()))}) for v in raw.get("verdicts", ()))
         return cls(raw["method"], raw["task"], readouts, attacks, raw["entropy_histograms"],
                    raw["provenance"], raw["timings"], verdicts, raw.get("verdict_summary"), raw.get("challenge"),
-                   raw.get("signal"), raw["schema_version"])
+                   raw.get("signal"), raw["schema_version"], raw.get("method_seeds"))
 
     def to_pandas(self) -> Any:
         """A tidy frame (pandas is imported only here): one row per readout (``section="readout"``) with its
@@ -197,10 +201,26 @@ class Scorecard:
         if self.diagnostics:
             lines += ["", "method diagnostics:"] + [f"  {k}: {_fmt_value(v)}" for k, v in self.diagnostics.items()]
         lines += self._signal_lines()
+        lines += self._seed_lines()
         if self.verdicts:
             lines += ["", f"Streisand checks: {self.verdict_summary}"]
             lines += [f"  {v.check}: {v.verdict}: {v.evidence}" for v in self.verdicts]
         return "\n".join(lines)
+
+    def _seed_lines(self) -> list[str]:
+        """Readouts and verdicts over method seeds (``--method-seeds``), when present."""
+        section = self.method_seeds
+        if not section:
+            return []
+        level = f"{section['level']:.0%}"
+        lines = ["", f"over {section['count']} method seeds (mean, sd, {level} interval of the mean):"]
+        lines += [f"  {r['name']}: {_fmt(r['mean'])} (sd {_fmt(r['std'])}, {_fmt(r['interval'][0])}.."
+                  f"{_fmt(r['interval'][1])})" for r in section["readouts"]]
+        lines += [f"verdicts over method seeds: {section['verdict_summary']} ({section['rule']})"]
+        lines += [f"  {v['check']}: {v['verdict']}: mean {_fmt(v['mean'])} ({level} interval {_fmt(v['interval'][0])}"
+                  f"..{_fmt(v['interval'][1])}) vs gold band {_fmt(v['band'][0])}..{_fmt(v['band'][1])}"
+                  for v in section["verdicts"]]
+        return lines
 
     def _signal_lines(self) -> list[str]:
         """The signal line, the per-check signal and any consistency warning."""
@@ -242,6 +262,8 @@ class Scorecard:
                       for v in self.verdicts]
         lines += ["", "## Readout definitions", ""]
         lines += [f"- `{r.name}` ({r.unit}): {r.description}" for r in self.readouts]
+        if self.method_seeds:
+            lines += ["", "## Over method seeds", "", "```", *self._seed_lines()[1:], "```"]
         lines += ["", "## Provenance", ""] + [f"- {line}" for line in provenance_items(self.provenance)]
         return "\n".join(lines) + "\n"
 

@@ -110,7 +110,7 @@ def test_finetune_keeps_retain_accuracy(digits_setup):
 def test_scorecard_json_round_trip_and_pandas(digits_setup, loss_attack):
     card = build_scorecard(digits_setup, run_method(digits_setup, load_method("finetune"), {}, 0), loss_attack)
     raw = json.loads(card.to_json())
-    assert raw["schema_version"] == "1.3"
+    assert raw["schema_version"] == "1.4"
     again = Scorecard.from_dict(raw)
     assert again.to_json() == card.to_json()
     frame = card.to_pandas()

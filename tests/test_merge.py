@@ -59,7 +59,7 @@ def test_merge_refuses_another_schema_version(runs, tmp_path, capsys):
     raw["schema_version"] = "1.2"
     (tmp_path / "old.json").write_text(json.dumps(raw))
     assert main(["merge", str(runs["finetune"]), str(tmp_path / "old.json")]) == 2
-    assert "different schema version: 1.2 vs 1.3" in _one_error(capsys)
+    assert "different schema version: 1.2 vs 1.4" in _one_error(capsys)
 
 
 @pytest.mark.parametrize("content, fragment", [
