@@ -183,7 +183,13 @@ def attack_plugins(attacks: Any) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def _validated(plugin: Any, params: dict[str, Any]) -> dict[str, Any]:
-    plugin.cls(**params)  # unknown names and out-of-range values fail here, before any training
+    """Unknown names and out-of-range values fail here, before any training (the user's error); anything else the
+    plugin's constructor raises is the plugin's failure."""
+    from muaudit.errors import ParameterError
+    from muaudit.seal import plugin_call
+
+    with plugin_call(plugin.spec.describe(), "__init__", passthrough=(ParameterError,)):
+        plugin.cls(**params)
     return params
 
 

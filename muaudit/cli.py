@@ -253,18 +253,18 @@ def _configure_logging(args: argparse.Namespace) -> None:
     if getattr(args, "quiet", True) or sys.stderr.isatty() or any(
             getattr(h, "_muaudit_cli", False) for h in logger.handlers):
         return
-    handler = _StderrHandler()
+    handler = _stderr_handler()
     handler.setFormatter(logging.Formatter("muaudit: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
 
-def _stderr_handler_class() -> type:
+def _stderr_handler() -> Any:
+    """A logging handler that writes to whatever ``sys.stderr`` is at each record (it may be replaced later, e.g.
+    by pytest's capture); logging is imported only when the log is wanted."""
     import logging
 
     class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-        """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced after set-up)."""
-
         _muaudit_cli = True
 
         @property  # type: ignore[override]
@@ -275,11 +275,7 @@ def _stderr_handler_class() -> type:
         def stream(self, value: Any) -> None:
             pass
 
-    return StderrHandler
-
-
-def _StderrHandler() -> Any:  # noqa: N802 - a factory, so that logging is imported only when needed
-    return _stderr_handler_class()()
+    return StderrHandler()
 
 
 def _silence_stdout() -> None:

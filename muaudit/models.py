@@ -155,11 +155,11 @@ def train_golds(bank: ShadowBank, count: int) -> list[TrainedModel]:
     forget = np.asarray(bank.task.forget_indices or (), dtype=np.int64)
     retain = np.setdiff1d(np.arange(bank.n_train), forget)
     requests = [ModelRequest("gold", retain, s) for s in gold_seeds(bank.task, count)]
-    cached = [bank.metadata(r, trainer="sequential") is not None for r in requests]
     models = bank.models(requests, trainer="sequential")  # the misses together: an executor may spread them
     out = []
-    for request, model, hit in zip(requests, models, cached):
+    for request, model in zip(requests, models):
         meta = bank.metadata(request, trainer="sequential") or {}
+        hit = bank.cache.key(bank.model_config(request, "sequential")) not in bank.last_trained
         out.append(TrainedModel(model, request.seed, float(meta.get("train_seconds", float("nan"))), hit))
     return out
 

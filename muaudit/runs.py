@@ -22,7 +22,7 @@ from muaudit.errors import CheckpointError, ParameterError, PluginValidationErro
 from muaudit.models import AuditSetup
 from muaudit.plugins import LoadedPlugin
 from muaudit.presets import TaskProfile
-from muaudit.seal import clone_split, clone_tensors, plugin_call, report_mutation, split_changes, tensors_changes
+from muaudit.seal import clone_tensors, plugin_call, report_mutation, split_changes, tensors_changes
 from muaudit.task import Recipe
 from muaudit.training import ModelFactory, derive_seed
 
@@ -99,7 +99,7 @@ def _train_stats(setup: AuditSetup, method: UnlearningMethod, plugin: LoadedPlug
     if hit is not None:
         return hit[0], 0.0
     where = plugin.spec.describe()
-    train = clone_split(setup.train)
+    train = setup.train.clone()
     start = time.perf_counter()
     with plugin_call(where, "compute_train_stats", passthrough=(ParameterError,)):
         stats = method.compute_train_stats(copy.deepcopy(setup.original), train, ctx)
@@ -144,11 +144,11 @@ def run_method(setup: AuditSetup, plugin: LoadedPlugin, params: dict[str, Any], 
 def _declared_data(setup: AuditSetup, needs: frozenset[str], stats: Mapping[str, torch.Tensor] | None
                    ) -> dict[str, Any]:
     """Private copies of the forget set and of every declared item."""
-    given: dict[str, Any] = {"forget": clone_split(setup.forget)}
+    given: dict[str, Any] = {"forget": setup.forget.clone()}
     if "retain" in needs:
-        given["retain"] = clone_split(setup.retain)
+        given["retain"] = setup.retain.clone()
     if "validation" in needs:
-        given["validation"] = clone_split(setup.data.val)
+        given["validation"] = setup.data.val.clone()
     if stats is not None:
         given["train_stats"] = clone_tensors(stats)
     return given
@@ -230,7 +230,7 @@ class ShadowUnlearner:
                 stats = method.compute_train_stats(copy.deepcopy(model), pool.subset(train_idx), ctx)
         data = MethodData(self.plugin.spec.name, pool.subset(forget_idx),
                           retain=pool.subset(retain_idx) if "retain" in needs else None,
-                          validation=clone_split(env.validation) if "validation" in needs else None,
+                          validation=env.validation.clone() if "validation" in needs else None,
                           train_stats=stats)
         private = copy.deepcopy(model).to(env.device)
         torch.manual_seed(derive_seed(seed, "torch"))

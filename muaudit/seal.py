@@ -30,11 +30,6 @@ from muaudit.errors import MuauditError, PluginError, PluginFailure, PluginValid
 
 
 # ----------------------------------------------------------------------------------------- copies
-def clone_split(split: Split) -> Split:
-    """A private copy of ``split`` (new storage for every tensor)."""
-    return split.clone()
-
-
 def clone_tensors(mapping: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in mapping.items()}
 

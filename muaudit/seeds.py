@@ -21,7 +21,7 @@ from scipy import stats
 
 from muaudit.results import Scorecard
 from muaudit.training import derive_seed
-from muaudit.verdicts import UNDETERMINED, decide, summary
+from muaudit.verdicts import UNDETERMINED, decide, summary_of
 
 LEVEL = 0.95
 
@@ -69,9 +69,4 @@ def seed_section(cards: Sequence[Scorecard], seeds: Sequence[int]) -> dict[str, 
 
 
 def _summary(verdicts: list[dict[str, Any]]) -> str:
-    if not verdicts:
-        return UNDETERMINED
-    from muaudit.verdicts import Verdict
-
-    return summary([Verdict(v["check"], v["verdict"], "", v["mean"], 0.0, None, tuple(v["band"]),
-                            tuple(v["interval"]), v["forgotten_side"]) for v in verdicts])
+    return summary_of(v["verdict"] for v in verdicts) if verdicts else UNDETERMINED

@@ -134,6 +134,7 @@ class ShadowBank:
         auto = vectorise == "auto" and worth_vectorising(probe, device) and can_vectorise(probe, self.pool.x[:2])
         self.trainer = "vmap" if vectorise == "always" or auto else "sequential"
         self.n_trained = 0
+        self.last_trained: frozenset[str] = frozenset()
         self._logits: dict[tuple[str, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------- indices
@@ -181,6 +182,7 @@ class ShadowBank:
                 misses[key] = request
             else:
                 found[key] = model
+        self.last_trained = frozenset()  # keys of the models this call trains (the rest came from the cache)
         if misses:  # another process may be training the same models: wait for it, then reuse its work
             with entry_locks(self.cache.root, misses):
                 for key, request in list(misses.items()):
@@ -189,6 +191,7 @@ class ShadowBank:
                         found[key] = model
                         del misses[key]
                 found.update(zip(misses, self._train(list(misses.values()), trainer)))
+                self.last_trained = frozenset(misses)
         out, seen = [], set()
         for request in requests:  # a request given twice gets two independent modules
             key = self.cache.key(self.model_config(request, trainer))

@@ -42,7 +42,7 @@ when no check separates the original from the gold models (``raw_verdict`` keeps
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -180,7 +180,12 @@ def attack_verdicts(attack: str, auc: float, auc_interval: tuple[float, float], 
 
 def summary(verdicts: Sequence[Verdict]) -> str:
     """One word for a set of checks: over-/under-forgetting, aligned, or mixed when they disagree."""
-    kinds = {v.verdict for v in verdicts}
+    return summary_of(v.verdict for v in verdicts)
+
+
+def summary_of(words: Iterable[str]) -> str:
+    """:func:`summary` of verdict words (e.g. the verdicts over method seeds, :mod:`muaudit.seeds`)."""
+    kinds = set(words)
     if OVER in kinds and UNDER in kinds:
         return "mixed"
     if OVER in kinds:

@@ -95,3 +95,11 @@ def test_one_torch_thread_in_workers_does_not_change_the_driver():
     before = torch.get_num_threads()
     ProcessExecutor(2)
     assert torch.get_num_threads() == before
+
+
+def test_gold_models_say_whether_they_came_from_the_cache(tmp_path):
+    cache = TensorCache(tmp_path / "c")
+    cold = prepare(NAMED_TASKS["digits"], gold_count=2, cache=cache)
+    assert [g.from_cache for g in cold.golds] == [False, False]
+    warm = prepare(NAMED_TASKS["digits"], gold_count=3, cache=cache)  # two cached, one new
+    assert [g.from_cache for g in warm.golds] == [True, True, False]
