@@ -41,15 +41,19 @@ def audit(method: MethodLike, model: Any = None, *, task: Any = "digits", attack
           gold_seeds: int = 2, device: str = "auto", seed: int | None = None, cache_dir: str | Path | None = None,
           retain_sample: int | None = DEFAULT_RETAIN_SAMPLE, challenge_models: int = 0, arch: Any = None,
           strip_prefix: Sequence[str] = (), key_map: str | None = None, normalize: Any = None,
-          data_root: str | None = None, progress: bool = True, **params: Any) -> Any:
-    """Audit one method against the gold models of ``task``; returns its :class:`~muaudit.results.Scorecard`."""
+          data_root: str | None = None, progress: bool = True, executor: Any = None, **params: Any) -> Any:
+    """Audit one method against the gold models of ``task``; returns its :class:`~muaudit.results.Scorecard`.
+
+    ``executor`` trains the missing original and gold models: a name (``sequential``, ``processes``, ``ray``) or
+    an executor from :func:`muaudit.engine.make_executor`.
+    """
     from muaudit.audit import build_scorecard, run_method
 
     plugin, method_params = method_plugin(method, params)
     loaded_attacks = attack_plugins(attacks)
     setup = prepare_audit(model, task=task, gold_seeds=gold_seeds, device=device, cache_dir=cache_dir,
                           retain_sample=retain_sample, arch=arch, strip_prefix=strip_prefix, key_map=key_map,
-                          normalize=normalize, data_root=data_root, progress=progress)
+                          normalize=normalize, data_root=data_root, progress=progress, executor=executor)
     run = run_method(setup, plugin, method_params, seed)
     return build_scorecard(setup, run, loaded_attacks, challenge_models)
 
@@ -59,7 +63,7 @@ def compare(methods: Iterable[MethodLike], model: Any = None, *, params: Mapping
             seed: int | None = None, cache_dir: str | Path | None = None,
             retain_sample: int | None = DEFAULT_RETAIN_SAMPLE, challenge_models: int = 0, arch: Any = None,
             strip_prefix: Sequence[str] = (), key_map: str | None = None, normalize: Any = None,
-            data_root: str | None = None, progress: bool = True) -> Any:
+            data_root: str | None = None, progress: bool = True, executor: Any = None) -> Any:
     """Audit several methods on the same task, original and gold models; returns a
     :class:`~muaudit.comparison.Comparison` (a failing method is recorded there, the others still run).
 
@@ -79,7 +83,7 @@ def compare(methods: Iterable[MethodLike], model: Any = None, *, params: Mapping
     loaded_attacks = attack_plugins(attacks)
     setup = prepare_audit(model, task=task, gold_seeds=gold_seeds, device=device, cache_dir=cache_dir,
                           retain_sample=retain_sample, arch=arch, strip_prefix=strip_prefix, key_map=key_map,
-                          normalize=normalize, data_root=data_root, progress=progress)
+                          normalize=normalize, data_root=data_root, progress=progress, executor=executor)
     return compare_methods(setup, loaded, lambda p, kw: build_scorecard(setup, run_method(setup, p, kw, seed),
                                                                            loaded_attacks, challenge_models))
 
@@ -87,11 +91,13 @@ def compare(methods: Iterable[MethodLike], model: Any = None, *, params: Mapping
 def prepare_audit(model: Any = None, *, task: Any = "digits", gold_seeds: int = 2, device: str = "auto",
                   cache_dir: str | Path | None = None, retain_sample: int | None = DEFAULT_RETAIN_SAMPLE,
                   arch: Any = None, strip_prefix: Sequence[str] = (), key_map: str | None = None,
-                  normalize: Any = None, data_root: str | None = None, progress: bool = True) -> Any:
+                  normalize: Any = None, data_root: str | None = None, progress: bool = True,
+                  executor: Any = None) -> Any:
     """The shared set-up (data, original and gold models) of :func:`audit` and :func:`compare`, for running
     :func:`muaudit.audit.run_method` and :func:`muaudit.audit.build_scorecard` yourself."""
     from muaudit.adapt import StateAdapter, parse_normalize
     from muaudit.cache import TensorCache
+    from muaudit.engine import make_executor
     from muaudit.errors import ParameterError
     from muaudit.models import prepare
     from muaudit.training import resolve_device
@@ -103,7 +109,8 @@ def prepare_audit(model: Any = None, *, task: Any = "digits", gold_seeds: int = 
         normalize = parse_normalize(normalize)
     adapter = StateAdapter(tuple(strip_prefix), key_map, normalize)
     return prepare(resolved_task, _checkpoint(model), arch_name, data_root, gold_seeds, TensorCache(cache_dir),
-                   resolve_device(device), progress=progress, retain_sample_size=retain_sample, adapter=adapter)
+                   resolve_device(device), progress=progress, retain_sample_size=retain_sample, adapter=adapter,
+                   executor=make_executor(executor) if isinstance(executor, str) else executor)
 
 
 # --------------------------------------------------------------------------------------------- inputs

@@ -85,10 +85,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="model cache (default: $MUAUDIT_CACHE_DIR or ~/.cache/muaudit)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--executor", choices=["sequential", "processes"], default="sequential",
-                   help="who trains missing models: this process (default) or local worker processes")
+    p.add_argument("--executor", choices=["sequential", "processes", "ray"], default="sequential",
+                   help="who trains missing models: this process (default), local worker processes, or Ray "
+                        "(pip install 'muaudit[ray]')")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes for --executor processes (default: the CPU count)")
+                   help="worker processes for --executor processes; for --executor ray the CPUs of a Ray started "
+                        "here and the models in flight (default: the CPU count)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray: auto, host:port or ray://host:port (default: start a local Ray)")
+    p.add_argument("--ray-cpus", type=float, default=1.0, metavar="C",
+                   help="CPUs per model on Ray (also its torch threads; default 1)")
+    p.add_argument("--ray-gpus", type=float, default=0.0, metavar="G",
+                   help="GPUs per model on Ray, fractions allowed (e.g. 0.25: four models share a GPU; default 0)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -302,7 +310,9 @@ def _task(args: argparse.Namespace) -> Any:
 def _executor(args: argparse.Namespace) -> Any:
     from muaudit.engine import make_executor
 
-    return make_executor(getattr(args, "executor", "sequential"), getattr(args, "workers", None))
+    return make_executor(getattr(args, "executor", "sequential"), getattr(args, "workers", None),
+                         getattr(args, "ray_address", None), getattr(args, "ray_cpus", 1.0),
+                         getattr(args, "ray_gpus", 0.0))
 
 
 def _runtime(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -447,17 +457,41 @@ def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
                                  f"{', '.join(sorted(known)) or 'none'}).")
 
 
-def _check_workers(args: argparse.Namespace) -> None:
+def _check_executor(args: argparse.Namespace) -> None:
+    """The executor options' usage errors, before anything is loaded or trained (an explicit Ray address must
+    answer within :data:`muaudit.engine.RAY_CONNECT_TIMEOUT_S` seconds)."""
+    executor = getattr(args, "executor", "sequential")
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise _UsageError(f"--workers must be at least 1, got {workers}")
-    if workers is not None and getattr(args, "executor", "sequential") != "processes":
-        raise _UsageError("--workers needs --executor processes")
+    if workers is not None and executor == "sequential":
+        raise _UsageError("--workers needs --executor processes or ray")
+    ray_options = [f"--ray-{name}" for name, default in (("address", None), ("cpus", 1.0), ("gpus", 0.0))
+                   if getattr(args, f"ray_{name}", default) != default]
+    if ray_options and executor != "ray":
+        raise _UsageError(f"{ray_options[0]} needs --executor ray")
+    if executor == "ray":
+        _check_ray(args)
+
+
+def _check_ray(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    from muaudit.engine import RAY_EXTRA_HINT
+
+    if importlib.util.find_spec("ray") is None:
+        raise _UsageError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA_HINT}")
+    if not args.ray_cpus > 0 or args.ray_gpus < 0:
+        raise _UsageError(f"--ray-cpus must be > 0 and --ray-gpus >= 0, got {args.ray_cpus} and {args.ray_gpus}")
+    if args.ray_address not in (None, "auto"):
+        from muaudit.engine import check_ray_address
+
+        check_ray_address(args.ray_address)
 
 
 def _check_audit_options(args: argparse.Namespace) -> None:
     """The audit options' usage errors, before any heavy import."""
-    _check_workers(args)
+    _check_executor(args)
     _check_gold_seeds(getattr(args, "gold_seeds", 1))
     if getattr(args, "challenge_models", 0) and args.challenge_models < 3:
         raise _UsageError("--challenge-models needs at least 3 models (or 0 for off)")
@@ -867,7 +901,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_golds(args: argparse.Namespace) -> int:
     """Train (or find) the original and ``--gold-seeds`` gold models in the cache, so later jobs only read them."""
     _check_gold_seeds(args.gold_seeds)
-    _check_workers(args)
+    _check_executor(args)
     from muaudit.audit import prepare
 
     cache, device = _runtime(args)

@@ -34,7 +34,7 @@ from muaudit.locks import entry_locks
 from muaudit.timing import LOG, log_after_seconds
 from muaudit.task import Task
 from muaudit.training import check_trained, fresh_model, predict_logits
-from muaudit.vectorised import can_vectorise, train_vectorised, worth_vectorising
+from muaudit.vectorised import can_vectorise, worth_vectorising
 
 BANK_SCHEMA = 1
 VECTORISE_MODES = ("auto", "always", "never")
@@ -122,10 +122,10 @@ class ShadowBank:
         from muaudit.engine import SequentialExecutor
 
         self.executor = executor or SequentialExecutor()  # who trains the misses one by one (muaudit.engine)
-        train = task.training_split(data)
-        fine = None if train.fine is None or data.test.fine is None else torch.cat([train.fine, data.test.fine])
-        self.pool = Split(torch.cat([train.x, data.test.x]), torch.cat([train.y, data.test.y]), fine)
-        self.n_train = len(train)
+        from muaudit.engine import training_pool
+
+        self.pool = training_pool(task, data)
+        self.n_train = len(task.training_split(data))
         self.task_hash = task.content_hash()
         probe = fresh_model(task, data, 0)
         if vectorise == "always" and not can_vectorise(probe, self.pool.x[:2]):
@@ -293,21 +293,19 @@ class ShadowBank:
         """
         if not requests:
             return []
-        start = time.perf_counter()
-        if trainer == "vmap":
-            label = f"shadows x{len(requests)}" if self.progress else None
-            models = train_vectorised(self.task, self.data, self.pool, [r.indices for r in requests],
-                                      [r.seed for r in requests], self.device, self.chunk, label)
-            seconds = [(time.perf_counter() - start) / len(requests)] * len(requests)
-        else:
-            from muaudit.engine import TrainRequest
+        from muaudit.engine import TrainRequest
 
-            jobs = [TrainRequest(r.role, r.indices, r.seed) for r in requests]
+        start = time.perf_counter()
+        jobs = [TrainRequest(r.role, r.indices, r.seed) for r in requests]
+        if trainer == "vmap":
+            trained = self.executor.train_vectorised(self.task, self.data, self.pool, jobs, self.device, self.chunk,
+                                                     self.progress)
+        else:
             trained = self.executor.train(self.task, self.data, self.pool, jobs, self.device, self.progress)
-            models = [t.model if t.model is not None else
-                      load_into(fresh_model(self.task, self.data, 0), t.state, f"{r.role} model (seed {r.seed})")
-                      for t, r in zip(trained, requests)]
-            seconds = [t.seconds for t in trained]
+        models = [t.model if t.model is not None else
+                  load_into(fresh_model(self.task, self.data, 0), t.state, f"{r.role} model (seed {r.seed})")
+                  for t, r in zip(trained, requests)]
+        seconds = [t.seconds for t in trained]
         total = time.perf_counter() - start
         from muaudit.audit import versions  # imported here: muaudit.audit imports this module lazily too
 

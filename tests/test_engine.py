@@ -1,9 +1,14 @@
-"""Executors (issue 15, first part): local worker processes train exactly the models the sequential path trains."""
+"""Executors (issue 15): local worker processes and Ray train exactly the models the sequential path trains."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import textwrap
+import time
 from dataclasses import replace
+
+import numpy as np
 
 import pytest
 import torch
@@ -12,8 +17,10 @@ from muaudit.audit import prepare
 from muaudit.cache import TensorCache
 from muaudit.checkpoint import state_dict_sha256
 from muaudit.cli import main
-from muaudit.engine import ProcessExecutor, SequentialExecutor, make_executor
+from muaudit.data import load_dataset
+from muaudit.engine import ProcessExecutor, RayExecutor, SequentialExecutor, make_executor
 from muaudit.errors import ConfigurationError, MuauditError
+from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import NAMED_TASKS, ModelSpec
 
 
@@ -76,13 +83,16 @@ def test_executor_options():
     with pytest.raises(ConfigurationError, match="at least 1"):
         ProcessExecutor(0)
     with pytest.raises(ConfigurationError, match="unknown executor"):
-        make_executor("ray")
+        make_executor("dask")
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--executor", "processes", "--workers", "0"], "--workers must be at least 1"),
-    (["--workers", "2"], "--workers needs --executor processes"),
-    (["--executor", "ray"], "invalid choice: 'ray'"),
+    (["--executor", "ray", "--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2"], "--workers needs --executor processes or ray"),
+    (["--ray-address", "auto"], "--ray-address needs --executor ray"),
+    (["--executor", "processes", "--ray-gpus", "0.5"], "--ray-gpus needs --executor ray"),
+    (["--executor", "dask"], "invalid choice: 'dask'"),
 ])
 def test_bad_executor_options_are_one_line(tmp_path, capsys, argv, fragment):
     code = main(["score", "--method", "finetune", "--cache-dir", str(tmp_path / "never"), *argv])
@@ -103,3 +113,139 @@ def test_gold_models_say_whether_they_came_from_the_cache(tmp_path):
     assert [g.from_cache for g in cold.golds] == [False, False]
     warm = prepare(NAMED_TASKS["digits"], gold_count=3, cache=cache)  # two cached, one new
     assert [g.from_cache for g in warm.golds] == [True, True, False]
+
+
+# ---------------------------------------------------------------------------------------------- chunks
+def _bank(tmp_path, name, executor, chunk):
+    data = load_dataset("digits")
+    task = NAMED_TASKS["digits"].materialise(data)
+    return ShadowBank(task, data, TensorCache(tmp_path / name), torch.device("cpu"),
+                      vectorise="always", chunk=chunk, executor=executor)
+
+
+def _shadow_requests(n: int) -> list[ModelRequest]:
+    rng = np.random.default_rng(0)
+    return [ModelRequest("shadow", np.flatnonzero(rng.random(1500) < 0.5), seed=s) for s in range(n)]
+
+
+def test_vmap_chunks_spread_over_processes_are_bit_identical(tmp_path):
+    requests = _shadow_requests(4)
+    here = _bank(tmp_path, "here", SequentialExecutor(), chunk=2).models(requests)
+    spread_bank = _bank(tmp_path, "spread", ProcessExecutor(2), chunk=2)
+    spread = spread_bank.models(requests)
+    assert spread_bank.n_trained == 4
+    assert [state_dict_sha256(m.state_dict()) for m in spread] == [state_dict_sha256(m.state_dict()) for m in here]
+
+
+# -------------------------------------------------------------------------------------------------- Ray
+def test_ray_absent_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code = main(["score", "--method", "finetune", "--cache-dir", str(tmp_path / "never"), "--executor", "ray"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "pip install 'muaudit[ray]'" in lines[0], lines
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # the Python API: the same message
+    with pytest.raises(ConfigurationError, match=r"muaudit\[ray\]"):
+        RayExecutor()
+
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install 'muaudit[ray]')")
+
+
+@needs_ray
+def test_an_unreachable_ray_address_fails_in_bounded_time(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr("muaudit.engine.RAY_CONNECT_TIMEOUT_S", 2.0)
+    for address in (f"127.0.0.1:{port}", f"ray://10.255.255.1:{port}", "not-an-address"):
+        start = time.monotonic()
+        code = main(["score", "--method", "finetune", "--cache-dir", str(tmp_path / "never"), "--executor", "ray",
+                     "--ray-address", address])
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, lines
+        assert "cannot reach Ray" in lines[0] or "--ray-address must be" in lines[0], lines
+        assert time.monotonic() - start < 30  # bounded: the 2 s connect limit, not Ray's minutes of retries
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs for this module's Ray tests (skipped, with Ray's reason, where it cannot start)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (pip install 'muaudit[ray]')")
+    executor = RayExecutor(workers=2)
+    try:
+        executor.connect()
+    except ConfigurationError as exc:
+        pytest.skip(f"Ray cannot start here: {exc}")
+    yield executor
+    executor.ray.shutdown()
+
+
+def test_ray_trains_bit_identical_models_and_scorecards(local_ray, tmp_path):
+    task = NAMED_TASKS["digits"]
+    sequential = prepare(task, gold_count=2, cache=TensorCache(tmp_path / "a"), executor=SequentialExecutor())
+    spread = prepare(task, gold_count=2, cache=TensorCache(tmp_path / "b"), executor=local_ray)
+    assert spread._bank.n_trained == 3 and _states(spread) == _states(sequential)
+    cards = []
+    for name, extra in (("sequential", []), ("ray", ["--executor", "ray", "--workers", "2"])):
+        out = tmp_path / name
+        assert main(["score", "--method", "finetune", "--method-arg", "epochs=1", "--attacks", "loss", "--quiet",
+                     "--cache-dir", str(tmp_path / f"cache-{name}"), *extra, "--out", str(out)]) == 0
+        card = json.loads((out / "scorecard.json").read_text())
+        card.pop("timings")
+        cards.append(card)
+    assert cards[0] == cards[1]
+
+
+def test_ray_spreads_vmap_chunks_bit_identically(local_ray, tmp_path):
+    requests = _shadow_requests(4)
+    here = _bank(tmp_path, "here", SequentialExecutor(), chunk=2).models(requests)
+    spread = _bank(tmp_path, "ray", local_ray, chunk=2).models(requests)
+    assert [state_dict_sha256(m.state_dict()) for m in spread] == [state_dict_sha256(m.state_dict()) for m in here]
+
+
+RAY_KILLER = """
+import os
+from torch import nn
+
+
+def build(input_shape, n_classes):
+    \"\"\"Dies in a Ray worker (as an out-of-memory kill would): {how}; builds an MLP in the driver.\"\"\"
+    if os.getpid() != {driver}:
+        marker = {marker!r}
+        if {always} or not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(9)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, n_classes))
+"""
+
+
+def _killer_task(tmp_path, monkeypatch, name: str, always: bool):
+    how = "every time" if always else "the first time only"
+    source = RAY_KILLER.format(how=how, driver=os.getpid(), marker=str(tmp_path / f"{name}.died"), always=always)
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = NAMED_TASKS["digits"]
+    return replace(base, model=ModelSpec(f"factory:{name}:build"), recipe=replace(base.recipe, epochs=1))
+
+
+def test_a_ray_worker_killed_once_is_retried_and_the_model_is_the_same(local_ray, tmp_path, monkeypatch):
+    task = _killer_task(tmp_path, monkeypatch, "ray_dies_once", always=False)
+    spread = prepare(task, gold_count=1, cache=TensorCache(tmp_path / "ray"), executor=local_ray)
+    assert (tmp_path / "ray_dies_once.died").exists()  # a worker did die
+    here = prepare(task, gold_count=1, cache=TensorCache(tmp_path / "here"), executor=SequentialExecutor())
+    assert _states(spread) == _states(here)
+
+
+def test_a_ray_worker_that_always_dies_fails_clearly_and_caches_nothing(local_ray, tmp_path, monkeypatch):
+    task = _killer_task(tmp_path, monkeypatch, "ray_always_dies", always=True)
+    cache = tmp_path / "cache"
+    executor = RayExecutor(workers=2, retries=1)
+    with pytest.raises(MuauditError, match="Ray worker died 2 time.*original model.*nothing of it was cached"):
+        prepare(task, gold_count=1, cache=TensorCache(cache), executor=executor)
+    assert not list(cache.rglob("*.safetensors"))
