@@ -64,7 +64,8 @@ _EPILOGS = {
   muaudit merge runs/finetune runs/neggrad --out runs/all      # scorecards from two machines, one comparison
   muaudit merge runs/cmp-a/comparison.json runs/cmp-b --json""",
     "golds": """examples:
-  muaudit golds --task fashion-mnist-random --gold-seeds 3 --cache-dir /shared/muaudit   # before a grid of jobs""",
+  muaudit golds --task fashion-mnist-random --gold-seeds 3 --cache-dir /shared/muaudit   # before a grid of jobs
+  muaudit golds --task digits --attacks lira --attack-arg lira.n_shadows=64 --executor processes --workers 2""",
     "list": """examples:
   muaudit list
   muaudit list methods -v
@@ -206,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_EPILOGS["golds"], formatter_class=fmt)
     _add_common(golds)
     golds.add_argument("--gold-seeds", type=int, default=2, metavar="K", help="gold models to cache (default 2)")
+    golds.add_argument("--attacks", "--attack", dest="attacks", default="", metavar="NAMES",
+                       help="also warm these attacks: their shadow models, and their runs on the original and gold "
+                            "models (e.g. lira,shadow-xgb; default none)")
+    golds.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                       help="an attack parameter, e.g. lira.n_shadows=64 (repeatable; as given to score)")
+    golds.add_argument("--retain-sample", default="10000", metavar="N|all",
+                       help="as given to score (attack runs are cached per retain sample; default 10000)")
     lister = sub.add_parser("list", help="list methods, attacks and tasks", epilog=_EPILOGS["list"],
                             formatter_class=fmt)
     lister.add_argument("what", nargs="?", choices=["methods", "attacks", "tasks"], help="only this kind")
@@ -899,19 +907,47 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_golds(args: argparse.Namespace) -> int:
-    """Train (or find) the original and ``--gold-seeds`` gold models in the cache, so later jobs only read them."""
+    """Train (or find) the original and ``--gold-seeds`` gold models in the cache, and with ``--attacks`` those
+    attacks' shadow banks and their runs on the original and gold models, so later jobs only read them."""
     _check_gold_seeds(args.gold_seeds)
     _check_executor(args)
+    retain = _retain_sample(args)
+    attacks = _warmable_attacks(args)
     from muaudit.audit import prepare
 
     cache, device = _runtime(args)
     task = _task(args)
     setup = prepare(task, None, None, args.data_root, args.gold_seeds, cache, device, progress=not args.quiet,
-                    executor=_executor(args))
+                    retain_sample_size=retain, executor=_executor(args))
     trained = setup._bank.n_trained if setup._bank is not None else 0
     print(f"task {setup.task.name} [{setup.task.content_hash()[:12]}]: the original and {len(setup.golds)} gold "
           f"model(s) are cached in {cache.root} ({trained} trained now, {1 + len(setup.golds) - trained} reused)")
+    if attacks:
+        from muaudit.attacking import run_attack
+
+        for plugin, params in attacks:
+            run_attack(setup, plugin, None, params)  # trains the missing shadows, caches the reference runs
+        shadows = setup._bank.n_trained - trained if setup._bank is not None else 0
+        print(f"attacks {', '.join(p.spec.name for p, _ in attacks)}: shadow models and the runs on the original "
+              f"and gold models are cached ({shadows} shadow model(s) trained now)")
     return ExitCode.OK
+
+
+def _warmable_attacks(args: argparse.Namespace) -> list[tuple[Any, dict[str, Any]]]:
+    """The ``--attacks`` of ``golds``; an attack that needs the method under audit cannot be warmed without one."""
+    if not args.attacks.strip():
+        if args.attack_arg:
+            raise _UsageError("--attack-arg needs --attacks")
+        return []
+    _precheck_attacks(args.attacks, args.attack_arg)
+    loaded = _load_attacks(args.attacks, args.attack_arg)
+    for plugin, _ in loaded:
+        if "method" in getattr(plugin.cls, "needs", frozenset()):
+            raise _UsageError(f"attack {plugin.spec.name!r} unlearns its shadows with the method under audit, so "
+                              "golds cannot warm it (its trained shadows are those of lira with the same n_shadows "
+                              "and max_eval: warm those)" if plugin.spec.name == "ulira" else
+                              f"attack {plugin.spec.name!r} needs the method under audit, so golds cannot warm it")
+    return loaded
 
 
 _COMMANDS = {"train": _cmd_train, "score": _cmd_score, "compare": _cmd_compare, "tune": _cmd_tune,

@@ -85,3 +85,33 @@ def test_golds_warms_a_cache_that_later_runs_reuse(tmp_path, capsys):
     assert "(0 trained now, 3 reused)" in capsys.readouterr().out
     assert main(["golds", "--gold-seeds", "0", "--cache-dir", str(cache)]) == 2
     assert "--gold-seeds must be at least 1" in _one_error(capsys)
+
+
+def test_golds_warms_shadow_banks_that_a_later_audit_only_reads(tmp_path, capsys):
+    from muaudit.api import prepare_audit
+    from muaudit.attacking import run_attack
+    from muaudit.audit import run_method
+    from muaudit.plugins import ATTACKS, METHODS, load_by_name
+
+    cache = tmp_path / "shared"
+    warm = ["golds", "--task", "digits", "--attacks", "lira", "--attack-arg", "lira.n_shadows=4", "--cache-dir",
+            str(cache), "--quiet"]
+    assert main(warm) == 0
+    assert "(4 shadow model(s) trained now)" in capsys.readouterr().out
+    setup = prepare_audit(task="digits", cache_dir=cache, progress=False)
+    run = run_method(setup, load_by_name(METHODS, "finetune"), {"epochs": 1}, None)
+    result = run_attack(setup, load_by_name(ATTACKS, "lira"), run, {"n_shadows": 4})
+    assert setup._bank.n_trained == 0  # the original, gold and shadow models all came from the warmed cache
+    assert 0.0 <= result.unlearned.metrics.auc <= 1.0
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--attacks", "ulira"], "its trained shadows are those of lira"),
+    (["--attack-arg", "lira.n_shadows=4"], "--attack-arg needs --attacks"),
+    (["--attacks", "lira", "--attack-arg", "lira.n_shadows=3"], "must be even"),
+    (["--attacks", "nope"], "nope"),
+])
+def test_golds_attack_warm_up_refusals(tmp_path, capsys, argv, fragment):
+    code = main(["golds", "--cache-dir", str(tmp_path / "never"), *argv])
+    assert code in (2, 3) and fragment in _one_error(capsys)
+    assert not (tmp_path / "never").exists()
