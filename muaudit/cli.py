@@ -148,6 +148,12 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                         "(default 10000; 'all' = all of D_r); methods always get all of D_r")
 
 
+def _add_method_seeds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method-seeds", type=int, default=1, metavar="K",
+                   help="run each method K times with derived seeds: every readout as mean, sd and interval "
+                        "over seeds, and verdicts over seeds (default 1)")
+
+
 def _add_tune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxies", type=int, default=DEFAULT_PROXIES, metavar="K",
                    help=f"proxy forget sets, disjoint from D_f (default {DEFAULT_PROXIES})")
@@ -171,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=fmt)
     score.add_argument("--method", required=True, help="method name (or dist:name)")
     _add_audit_options(score)
-    score.add_argument("--method-seeds", type=int, default=1, metavar="K",
-                       help="run the method K times with derived seeds: every readout as mean, sd and interval "
-                            "over seeds, and verdicts over seeds (default 1)")
+    _add_method_seeds(score)
     score.add_argument("--tuned", action="store_true",
                        help="use the parameters 'muaudit tune' selects (cached; run first if missing)")
     score.add_argument("--tune-budget", type=int, default=None, metavar="N",
@@ -182,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="audit several methods on the same task and gold models",
                              epilog=_EPILOGS["compare"], formatter_class=fmt)
     compare.add_argument("--methods", required=True, help="comma-separated method names")
+    _add_method_seeds(compare)
     _add_audit_options(compare)
     compare.add_argument("--tune", type=int, default=0, metavar="N",
                          help="tune every method with the same budget of N configurations first (0 = off)")
@@ -568,8 +573,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.tune_budget is not None and not args.tuned:
         raise _UsageError("--tune-budget needs --tuned")
     _check_tune_options(args, budget)
-    if args.method_seeds < 1:
-        raise _UsageError(f"--method-seeds must be at least 1, got {args.method_seeds}")
+    _check_method_seeds(args)
     _check_out_dir(args.out)
     from muaudit.audit import add_golds, build_scorecard, run_method
 
@@ -587,6 +591,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     written = _emit(card.to_json() if args.json else card.to_text(), args.out,
                     {"scorecard.json": card.to_json(), "scorecard.md": card.to_markdown()}, lambda: _report(card))
     return _apply_gates(gates, [card], written)
+
+
+def _check_method_seeds(args: argparse.Namespace) -> None:
+    if args.method_seeds < 1:
+        raise _UsageError(f"--method-seeds must be at least 1, got {args.method_seeds}")
 
 
 def _over_seeds(setup: Any, card: Any, run: Any, attacks: Any, args: argparse.Namespace, tuned: Any) -> Any:
@@ -680,6 +689,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.tune < 0:
         raise _UsageError(f"--tune must be 0 (off) or a budget of at least 1, got {args.tune}")
     _check_tune_options(args, args.tune or None)
+    _check_method_seeds(args)
     _check_out_dir(args.out)
     from muaudit.audit import add_golds, build_scorecard, run_method
     from muaudit.comparison import compare_methods
@@ -702,7 +712,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise result
         run = (_tuned_run(setup, plugin, kw, result, args.seed) if result is not None
                else run_method(setup, plugin, kw, args.seed))
-        return build_scorecard(setup, run, attacks, args.challenge_models)
+        card = build_scorecard(setup, run, attacks, args.challenge_models)
+        return _over_seeds(setup, card, run, attacks, args, result) if args.method_seeds > 1 else card
 
     comparison = compare_methods(setup, loaded, audit_one)
     if comparison.scorecards:

@@ -92,7 +92,14 @@ class Comparison:
             body += "\n## Failed methods\n\n| method | distribution | failure | reason |\n|---|---|---|---|\n"
             body += "".join(f"| {f.method} | {f.distribution} {f.version} | {f.kind} | {_cell(f.reason)} |\n"
                             for f in self.failures)
-        return title + body + _provenance_markdown(self.scorecards)
+        return title + body + _seeds_markdown(self.scorecards) + _provenance_markdown(self.scorecards)
+
+
+def _seeds_markdown(cards: Sequence[Scorecard]) -> str:
+    """Each method's readouts and verdicts over method seeds (``--method-seeds``), when its scorecard has them."""
+    parts = [f"\n### {card.method['name']}\n\n```\n" + "\n".join(card._seed_lines()[1:]) + "\n```\n"
+             for card in cards if card.method_seeds]
+    return "\n## Over method seeds\n" + "".join(parts) if parts else ""
 
 
 def _provenance_markdown(cards: Sequence[Scorecard]) -> str:

@@ -89,7 +89,22 @@ def test_cli_method_seeds(card, tmp_path, cache_dir, capsys):
     assert Scorecard.from_dict(raw).method_seeds == section
 
 
-def test_method_seeds_zero_is_a_usage_error(tmp_path, capsys):
-    assert main(["score", "--method", "finetune", "--method-seeds", "0", "--cache-dir", str(tmp_path / "n")]) == 2
+def test_compare_method_seeds_gives_each_method_its_statistics(card, tmp_path, cache_dir):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "finetune,neggrad", "--method-arg", "finetune.epochs=1", "--method-arg",
+                 "neggrad.epochs=1", "--attacks", "loss", "--quiet", "--gold-seeds", "3", "--cache-dir",
+                 str(cache_dir), "--method-seeds", "2", "--out", str(out)]) == 0
+    raw = json.loads((out / "comparison.json").read_text())
+    sections = {c["method"]["name"]: c["method_seeds"] for c in raw["scorecards"]}
+    assert set(sections) == {"finetune", "neggrad"} and all(s["count"] == 2 for s in sections.values())
+    forget = next(r for r in sections["finetune"]["readouts"] if r["name"] == "forget_error")
+    assert forget["values"][0] == card.readout("forget_error").unlearned  # the same first run as score's
+    markdown = (out / "comparison.md").read_text()
+    assert "## Over method seeds" in markdown and "### finetune" in markdown and "### neggrad" in markdown
+
+
+@pytest.mark.parametrize("command", [["score", "--method", "finetune"], ["compare", "--methods", "finetune"]])
+def test_method_seeds_zero_is_a_usage_error(tmp_path, capsys, command):
+    assert main([*command, "--method-seeds", "0", "--cache-dir", str(tmp_path / "n")]) == 2
     assert "--method-seeds must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "n").exists()
