@@ -341,6 +341,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from muaudit.checkpoint import save_checkpoint
     from muaudit.task import NAMED_TASKS
 
+    _check_executor(args)
     cache, device = _runtime(args)
     task = (_task(args) or NAMED_TASKS["digits"]).with_data_root(args.data_root)
     if args.arch_factory:
@@ -352,7 +353,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         task = replace(task, model=ModelSpec(factory_arch(args.arch_factory), task.model.options, task.model.normalize))
     data = task.dataset.load()
     task = task.materialise(data)
-    trained = train_original(ShadowBank(task, data, cache, device, progress=not args.quiet))
+    trained = train_original(ShadowBank(task, data, cache, device, progress=not args.quiet, executor=_executor(args)))
     sha = save_checkpoint(trained.model, args.out,
                           checkpoint_metadata(task, "original", trained.seed, trained.train_seconds))
     print(f"wrote {args.out} (task {task.name} [{task.content_hash()[:12]}], arch {task.model.arch}, "
@@ -877,6 +878,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     _precheck(METHODS, args.method, args.method_arg)
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
     _check_tune_options(args, budget)
+    _check_executor(args)
     _check_out_dir(args.out)
     plugin, params = _load_method(args.method, args.method_arg)
     from muaudit.tune import search_space

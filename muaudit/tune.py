@@ -410,7 +410,8 @@ def _prepare_proxy(setup: Any, task: Task, gold_count: int) -> _Proxy:
     from muaudit.audit import AuditSetup, train_golds, train_original
     from muaudit.shadows import ShadowBank
 
-    bank = ShadowBank(task, setup.data, setup.cache, setup.device, progress=setup.progress)
+    bank = ShadowBank(task, setup.data, setup.cache, setup.device, progress=setup.progress,
+                      executor=getattr(setup._bank, "executor", None))  # the audit's executor trains the proxies' too
     original = setup.original if task.poison_labels is None else train_original(bank).model
     proxy = AuditSetup(task, setup.data, original, dict(setup.original_source), [], setup.device, setup.cache,
                        setup.progress, _bank=bank)

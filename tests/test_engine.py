@@ -249,3 +249,32 @@ def test_a_ray_worker_that_always_dies_fails_clearly_and_caches_nothing(local_ra
     with pytest.raises(MuauditError, match="Ray worker died 2 time.*original model.*nothing of it was cached"):
         prepare(task, gold_count=1, cache=TensorCache(cache), executor=executor)
     assert not list(cache.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("command", [["train", "--out", "x.pt"], ["tune", "--method", "finetune"],
+                                     ["golds"], ["compare", "--methods", "finetune"]])
+def test_every_training_command_checks_its_executor_options(tmp_path, capsys, command):
+    code = main([*command, "--cache-dir", str(tmp_path / "never"), "--workers", "0", "--executor", "processes"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--workers must be at least 1" in lines[0], lines
+    assert not (tmp_path / "never").exists()
+
+
+def test_tuning_proxies_train_on_the_audit_executor(tmp_path):
+    from muaudit.plugins import METHODS, load_by_name
+    from muaudit.tune import tune
+
+    class Counting(SequentialExecutor):
+        def __init__(self) -> None:
+            self.models = 0
+
+        def train(self, *args, **kwargs):
+            out = super().train(*args, **kwargs)
+            self.models += len(out)
+            return out
+
+    executor = Counting()
+    setup = prepare(NAMED_TASKS["digits"], gold_count=1, cache=TensorCache(tmp_path), executor=executor)
+    before = executor.models
+    tune(setup, load_by_name(METHODS, "finetune"), {"epochs": 1}, budget=1, proxies=1, proxy_golds=1)
+    assert before == 2 and executor.models == before + 1  # the proxy's gold model went through it too
