@@ -14,9 +14,10 @@
 
 ``--part gpu`` is the same measurement prepared for a GPU machine (``device`` tool): the CNN bank sequentially on
 CUDA, vmapped on CUDA, and on Ray with ``--gpu-workers`` models sharing the GPU (fractional GPUs), plus the
-ResNet-18 step on CUDA. One command, a few minutes:
+ResNet-18 step on CUDA. One command, a few minutes (with the Fashion-MNIST IDX files copied to
+``shared/fashion-mnist/`` when the machine has no ``dataset-fashion-mnist``; the torch the machine has is kept):
 
-    pip install torch==2.13.0 && pip install -e ".[ray]" && python reports/scripts/bench_engine.py --part gpu
+    pip install -e ".[ray]" && python reports/scripts/bench_engine.py --part gpu --fmnist-root shared/fashion-mnist
 
 Output: ``reports/engine/<part>.md`` and ``.json`` (``--out`` to change). Every ratio is measured in the same run.
 """
@@ -52,16 +53,16 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ workloads
-def cnn_task(epochs: int) -> tuple[Task, Any, str]:
+def cnn_task(epochs: int, root: str) -> tuple[Task, Any, str]:
     """The Fashion-MNIST CNN task with ``epochs`` epochs (digits as 1x8x8 images when Fashion-MNIST is absent)."""
-    if os.path.isdir(FASHION_MNIST_ROOT):
+    if os.path.isdir(root):
         base = NAMED_TASKS["fashion-mnist-random"]
-        data = load_dataset("fashion-mnist", train_subset=base.dataset.train_subset)
+        data = load_dataset("fashion-mnist", root, train_subset=base.dataset.train_subset)
         label = f"cnn / Fashion-MNIST (10,000-image subset, {epochs} of 25 epochs)"
     else:
         base = replace(NAMED_TASKS["digits"], model=ModelSpec("cnn"))
         data = load_dataset("digits")
-        label = f"cnn / digits as 1x8x8 images (no Fashion-MNIST at {FASHION_MNIST_ROOT}; {epochs} epochs)"
+        label = f"cnn / digits as 1x8x8 images (no Fashion-MNIST at {root}; {epochs} epochs)"
     task = replace(base, recipe=replace(base.recipe, epochs=epochs)).materialise(data)
     return task, data, label
 
@@ -167,7 +168,7 @@ def resnet18_step(device: torch.device, steps: int = 3) -> dict[str, float]:
 def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
-    task, data, label = cnn_task(args.cnn_epochs)
+    task, data, label = cnn_task(args.cnn_epochs, args.fmnist_root)
     pool = len(task.training_split(data))
     log(f"CNN bank: {args.cnn_models} x {label}")
     cnn = executors_on(task, data, halves(pool, args.cnn_models), args.workers, cpu, "never", 32)
@@ -192,7 +193,7 @@ def gpu_part(args: argparse.Namespace) -> dict[str, Any]:
     if not torch.cuda.is_available():
         raise SystemExit("--part gpu needs CUDA")
     cuda = torch.device("cuda")
-    task, data, label = cnn_task(args.cnn_epochs)
+    task, data, label = cnn_task(args.cnn_epochs, args.fmnist_root)
     pool = len(task.training_split(data))
     requests = halves(pool, args.cnn_models)
     log(f"CNN bank on CUDA: {args.cnn_models} x {label}")
@@ -238,7 +239,9 @@ def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
                   "ceiling under the worker count means the models train slower side by side (shared caches and "
                   "memory bandwidth)."]
         ray = bank["ray"]
-        lines += ["", f"Ray's fixed overhead: {ray['start_up_seconds']:.1f} s to start (included in no row above)"
+        with_start = bank["sequential"]["seconds"] / (ray["seconds"] + ray["start_up_seconds"])
+        lines += ["", f"Ray's fixed overhead: {ray['start_up_seconds']:.1f} s to start (in no row above; with it, "
+                  f"Ray's speed-up is {with_start:.2f}x)"
                   + (f"; its run took {ray['extra_over_processes_seconds']:+.1f} s against the process pool "
                      "(worker start and imports, object store)" if "extra_over_processes_seconds" in ray else "")
                   + "."]
@@ -264,6 +267,8 @@ def main() -> int:
     parser.add_argument("--cnn-models", type=int, default=16)
     parser.add_argument("--cnn-epochs", type=int, default=2)
     parser.add_argument("--mlp-models", type=int, default=64)
+    parser.add_argument("--fmnist-root", default=FASHION_MNIST_ROOT,
+                        help="folder of the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     try:
