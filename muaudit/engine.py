@@ -205,7 +205,8 @@ class RayExecutor:
     process already initialised; ``auto`` joins the running local cluster; ``host:port`` or ``ray://host:port``
     a remote one (it must answer within :data:`RAY_CONNECT_TIMEOUT_S` seconds). ``workers`` also caps the models
     in flight. ``cpus`` per model is also the worker's torch thread count; ``gpus`` per model may be a fraction
-    (models then train on that worker's CUDA device). ``retries``: how often Ray retries a model whose worker died.
+    (models then train on that worker's CUDA device; without GPUs they train on the CPU, whatever the driver's
+    device). ``retries``: how often Ray retries a model whose worker died.
     Workers must be able to import muaudit and any architecture factory (they get this process's ``sys.path``).
     A Ray started here stays up until this process exits, for the next call.
     """
@@ -288,14 +289,18 @@ class RayExecutor:
             try:
                 states = self.ray.get(ref)
             except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError) as exc:
-                for other in pending:
-                    self.ray.cancel(other, force=True)
+                self._cancel(pending)
                 raise _died(groups[index][0], f"a Ray worker died {self.retries + 1} time(s) ({type(exc).__name__})"
                             ) from None
             except self.ray.exceptions.RayTaskError as exc:  # the training itself raised: that error, as raised here
+                self._cancel(pending)
                 cause = getattr(exc, "cause", None)
                 raise (cause if isinstance(cause, Exception) else MuauditError(_first_line(exc))) from None
             results[index] = [Trained(state, seconds) for state, seconds in states]
+
+    def _cancel(self, pending: dict[Any, int]) -> None:
+        for ref in pending:
+            self.ray.cancel(ref, force=True)
 
     def _remote_fn(self) -> Any:
         if self._remote is None:

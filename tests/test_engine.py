@@ -278,3 +278,28 @@ def test_tuning_proxies_train_on_the_audit_executor(tmp_path):
     before = executor.models
     tune(setup, load_by_name(METHODS, "finetune"), {"epochs": 1}, budget=1, proxies=1, proxy_golds=1)
     assert before == 2 and executor.models == before + 1  # the proxy's gold model went through it too
+
+
+RAY_RAISER = """
+import os
+from torch import nn
+from muaudit.errors import TrainingError
+
+
+def build(input_shape, n_classes):
+    if os.getpid() != {driver}:
+        raise TrainingError("the recipe diverged in a worker")
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, n_classes))
+"""
+
+
+def test_an_error_raised_in_a_ray_worker_is_raised_as_itself(local_ray, tmp_path, monkeypatch):
+    from muaudit.errors import TrainingError
+
+    (tmp_path / "ray_raiser.py").write_text(textwrap.dedent(RAY_RAISER.format(driver=os.getpid())))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = NAMED_TASKS["digits"]
+    task = replace(base, model=ModelSpec("factory:ray_raiser:build"), recipe=replace(base.recipe, epochs=1))
+    with pytest.raises(TrainingError, match="^the recipe diverged in a worker$"):
+        prepare(task, gold_count=1, cache=TensorCache(tmp_path / "c"), executor=local_ray)
+    assert not list((tmp_path / "c").rglob("*.safetensors"))
