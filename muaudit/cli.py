@@ -956,10 +956,9 @@ def _warmable_attacks(args: argparse.Namespace) -> list[tuple[Any, dict[str, Any
     loaded = _load_attacks(args.attacks, args.attack_arg)
     for plugin, _ in loaded:
         if "method" in getattr(plugin.cls, "needs", frozenset()):
-            raise _UsageError(f"attack {plugin.spec.name!r} unlearns its shadows with the method under audit, so "
-                              "golds cannot warm it (its trained shadows are those of lira with the same n_shadows "
-                              "and max_eval: warm those)" if plugin.spec.name == "ulira" else
-                              f"attack {plugin.spec.name!r} needs the method under audit, so golds cannot warm it")
+            raise _UsageError(f"attack {plugin.spec.name!r} needs the method under audit, so golds cannot warm "
+                              "it (warm the attacks whose trained shadows it shares: for ulira, lira with the same "
+                              "n_shadows and max_eval)")
     return loaded
 
 

@@ -103,10 +103,12 @@ def test_golds_warms_shadow_banks_that_a_later_audit_only_reads(tmp_path, capsys
     result = run_attack(setup, load_by_name(ATTACKS, "lira"), run, {"n_shadows": 4})
     assert setup._bank.n_trained == 0  # the original, gold and shadow models all came from the warmed cache
     assert 0.0 <= result.unlearned.metrics.auc <= 1.0
+    run_attack(setup, load_by_name(ATTACKS, "ulira"), run, {"n_shadows": 4})
+    assert setup._bank.n_trained == 0  # ulira's trained shadows are lira's (it only unlearns them, as derived models)
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--attacks", "ulira"], "its trained shadows are those of lira"),
+    (["--attacks", "ulira"], "needs the method under audit, so golds cannot warm it"),
     (["--attack-arg", "lira.n_shadows=4"], "--attack-arg needs --attacks"),
     (["--attacks", "lira", "--attack-arg", "lira.n_shadows=3"], "must be even"),
     (["--attacks", "nope"], "nope"),
