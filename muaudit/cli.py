@@ -473,7 +473,7 @@ def _precheck(group: str, name: str, pairs: Sequence[str]) -> None:
 
 def _check_executor(args: argparse.Namespace) -> None:
     """The executor options' usage errors, before anything is loaded or trained (an explicit Ray address must
-    answer within :data:`muaudit.engine.RAY_CONNECT_TIMEOUT_S` seconds)."""
+    answer within :data:`muaudit.rayconnect.RAY_CONNECT_TIMEOUT_S` seconds)."""
     executor = getattr(args, "executor", "sequential")
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
@@ -489,17 +489,13 @@ def _check_executor(args: argparse.Namespace) -> None:
 
 
 def _check_ray(args: argparse.Namespace) -> None:
-    import importlib.util
+    from muaudit.rayconnect import check_ray_address, missing_ray_message, ray_installed
 
-    from muaudit.engine import RAY_EXTRA_HINT
-
-    if importlib.util.find_spec("ray") is None:
-        raise _UsageError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA_HINT}")
+    if not ray_installed():
+        raise _UsageError(missing_ray_message())
     if not args.ray_cpus > 0 or args.ray_gpus < 0:
         raise _UsageError(f"--ray-cpus must be > 0 and --ray-gpus >= 0, got {args.ray_cpus} and {args.ray_gpus}")
     if args.ray_address not in (None, "auto"):
-        from muaudit.engine import check_ray_address
-
         check_ray_address(args.ray_address)
 
 

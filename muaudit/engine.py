@@ -25,7 +25,6 @@ fails the same way when the retries are spent. Either way nothing of a failed mo
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,12 +37,10 @@ import torch
 
 from muaudit.data import DataBundle, Split
 from muaudit.errors import ConfigurationError, MuauditError
+from muaudit.rayconnect import check_ray_address, import_ray
 from muaudit.task import Task
 
 EXECUTORS = ("sequential", "processes", "ray")
-#: Seconds an explicit ``--ray-address`` gets to answer a TCP connection before the run fails (bounded failure).
-RAY_CONNECT_TIMEOUT_S = 10.0
-RAY_EXTRA_HINT = "pip install 'muaudit[ray]'"
 
 
 @dataclass(frozen=True)
@@ -203,19 +200,19 @@ class RayExecutor:
 
     ``address``: None starts a local Ray with ``workers`` CPUs (default: the CPU count), or uses the Ray this
     process already initialised; ``auto`` joins the running local cluster; ``host:port`` or ``ray://host:port``
-    a remote one (it must answer within :data:`RAY_CONNECT_TIMEOUT_S` seconds). ``workers`` also caps the models
-    in flight. ``cpus`` per model is also the worker's torch thread count; ``gpus`` per model may be a fraction
-    (models then train on that worker's CUDA device; without GPUs they train on the CPU, whatever the driver's
-    device). ``retries``: how often Ray retries a model whose worker died.
-    Workers must be able to import muaudit and any architecture factory (they get this process's ``sys.path``).
-    A Ray started here stays up until this process exits, for the next call.
+    a remote one (it must answer within :data:`muaudit.rayconnect.RAY_CONNECT_TIMEOUT_S` seconds).
+    ``workers`` also caps the models in flight. ``cpus`` per model is also the worker's torch thread count;
+    ``gpus`` per model may be a fraction (models then train on that worker's CUDA device; without GPUs they
+    train on the CPU, whatever the driver's device). ``retries``: how often Ray retries a model whose worker
+    died. Workers must be able to import muaudit and any architecture factory (they get this process's
+    ``sys.path``). A Ray started here stays up until this process exits, for the next call.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus: float = 1.0,
                  gpus: float = 0.0, retries: int = 2) -> None:
-        self.ray = _import_ray()
+        self.ray = import_ray()
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigurationError(f"--ray-address must be auto, host:port or ray://host:port, got {address!r}")
         if not cpus > 0 or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
@@ -320,29 +317,6 @@ def _ray_job(payload: tuple[Task, DataBundle], indices: list[np.ndarray], seeds:
     else:
         trained = [train_one(task, data, pool, i, s, where) for i, s in zip(indices, seeds)]
     return [(_cpu_state(t.model), t.seconds) for t in trained]
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigurationError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA_HINT}") from None
-    return ray
-
-
-def check_ray_address(address: str, timeout: float | None = None) -> None:
-    """Fail within ``timeout`` seconds when nothing answers at ``address`` (Ray itself may retry for minutes)."""
-    target = address.removeprefix("ray://")
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigurationError(f"--ray-address must be auto, host:port or ray://host:port, got {address!r}")
-    limit = RAY_CONNECT_TIMEOUT_S if timeout is None else timeout
-    try:
-        with socket.create_connection((host, int(port)), timeout=limit):
-            pass
-    except OSError as exc:
-        raise ConfigurationError(f"cannot reach Ray at {address} within {limit:g} s: "
-                                 f"{exc.strerror or type(exc).__name__}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -139,8 +139,7 @@ def test_vmap_chunks_spread_over_processes_are_bit_identical(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- Ray
 def test_ray_absent_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    monkeypatch.setattr("muaudit.rayconnect.ray_installed", lambda: False)
     code = main(["score", "--method", "finetune", "--cache-dir", str(tmp_path / "never"), "--executor", "ray"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "pip install 'muaudit[ray]'" in lines[0], lines
@@ -160,7 +159,7 @@ def test_an_unreachable_ray_address_fails_in_bounded_time(tmp_path, capsys, monk
     with socket.socket() as probe:  # a port with nothing listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setattr("muaudit.engine.RAY_CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr("muaudit.rayconnect.RAY_CONNECT_TIMEOUT_S", 2.0)
     for address in (f"127.0.0.1:{port}", f"ray://10.255.255.1:{port}", "not-an-address"):
         start = time.monotonic()
         code = main(["score", "--method", "finetune", "--cache-dir", str(tmp_path / "never"), "--executor", "ray",
@@ -303,3 +302,16 @@ def test_an_error_raised_in_a_ray_worker_is_raised_as_itself(local_ray, tmp_path
     with pytest.raises(TrainingError, match="^the recipe diverged in a worker$"):
         prepare(task, gold_count=1, cache=TensorCache(tmp_path / "c"), executor=local_ray)
     assert not list((tmp_path / "c").rglob("*.safetensors"))
+
+
+def test_executor_usage_errors_import_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom muaudit.cli import main\n"
+            f"code = main(['score', '--method', 'finetune', '--executor', 'ray', '--ray-address', 'nowhere', "
+            f"'--cache-dir', {str(tmp_path / 'never')!r}])\n"
+            "print(code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["2", "False"], result
+    assert "--ray-address must be auto, host:port or ray://host:port" in result.stderr
