@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -99,8 +99,84 @@ def _chunks(requests: Sequence[TrainRequest], chunk: int) -> list[list[TrainRequ
     return [list(requests[i:i + chunk]) for i in range(0, len(requests), chunk)]
 
 
-def _flatten(parts: list[list[Trained]]) -> list[Trained]:
+def _flatten(parts: list[list[Any]]) -> list[Any]:
     return [t for part in parts for t in part]
+
+
+# ------------------------------------------------------------------------------------- method runs
+@dataclass(frozen=True)
+class MethodSetup:
+    """What a worker needs to run a method as :func:`muaudit.runs.run_method` runs it in the driver: the task,
+    its data, the original model's weights and provenance, the device and the model cache (train statistics)."""
+
+    task: Task
+    data: DataBundle
+    original_state: dict[str, torch.Tensor]
+    original_source: dict[str, Any]
+    device: str
+    cache_root: str
+    retain_sample_size: int | None
+
+    @classmethod
+    def of(cls, setup: Any) -> "MethodSetup":
+        return cls(setup.task, setup.data, _cpu_state(setup.original), dict(setup.original_source),
+                   str(setup.device), str(setup.cache.root), setup.retain_sample_size)
+
+    def rebuild(self) -> Any:
+        from muaudit.cache import TensorCache
+        from muaudit.checkpoint import load_into
+        from muaudit.models import AuditSetup
+        from muaudit.training import fresh_model
+
+        device = torch.device(self.device)
+        original = load_into(fresh_model(self.task, self.data, 0), self.original_state, "original model")
+        return AuditSetup(self.task, self.data, original.to(device).eval(), dict(self.original_source), [], device,
+                          TensorCache(self.cache_root), retain_sample_size=self.retain_sample_size)
+
+
+@dataclass(frozen=True)
+class MethodOutcome:
+    """A method run done elsewhere: the unlearned weights and the run's record (:class:`muaudit.runs.MethodRun`
+    without the model and plugin objects)."""
+
+    state: dict[str, torch.Tensor]
+    params: dict[str, Any]
+    seed: int
+    seconds: float
+    stats_seconds: float
+    preset: dict[str, Any] | None
+    diagnostics: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, run: Any) -> "MethodOutcome":
+        return cls(_cpu_state(run.model), run.params, run.seed, run.seconds, run.stats_seconds, run.preset,
+                   run.diagnostics)
+
+    def run(self, setup: Any, plugin: Any) -> Any:
+        """The :class:`~muaudit.runs.MethodRun` in the driver: the weights in a copy of the original's module."""
+        import copy
+
+        from muaudit.runs import MethodRun
+
+        model = copy.deepcopy(setup.original)
+        model.load_state_dict(self.state)
+        return MethodRun(model.to(setup.device).eval(), plugin, self.params, self.seed, self.seconds,
+                         self.stats_seconds, self.preset, diagnostics=self.diagnostics)
+
+
+def importable(cls: type) -> bool:
+    """Whether a worker process can import ``cls`` by its module and qualified name."""
+    import importlib
+
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return False
+    try:
+        target: Any = importlib.import_module(cls.__module__)
+        for part in cls.__qualname__.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError):
+        return False
+    return target is cls
 
 
 # ------------------------------------------------------------------------------------------ executors
@@ -120,6 +196,12 @@ class SequentialExecutor:
         label = f"shadows x{len(requests)}" if progress else None
         return train_chunk(task, data, pool, [r.indices for r in requests], [r.seed for r in requests], device,
                            chunk, label)
+
+    def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
+        """The method run once per seed (:func:`muaudit.runs.run_method`), in this process."""
+        from muaudit.runs import run_method
+
+        return [run_method(setup, plugin, params, seed) for seed in seeds]
 
 
 class ProcessExecutor:
@@ -144,6 +226,21 @@ class ProcessExecutor:
             return SequentialExecutor().train_vectorised(task, data, pool, requests, device, chunk, progress)
         jobs = [(_process_chunk, ([r.indices for r in c], [r.seed for r in c], chunk)) for c in chunks]
         return _flatten(self._run(task, data, device, jobs, chunks))
+
+    def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
+        """The method run once per seed, one run per worker process (in this process when its class cannot be
+        imported by a worker, e.g. one defined in ``__main__``)."""
+        if len(seeds) <= 1 or self.workers == 1 or not importable(plugin.cls):
+            return SequentialExecutor().run_methods(setup, plugin, params, seeds)
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        owners = [TrainRequest(f"{plugin.spec.name} run", np.zeros(1, np.int64), seed) for seed in seeds]
+        with ProcessPoolExecutor(min(self.workers, len(seeds)), mp_context=context, initializer=_init_method_worker,
+                                 initargs=(MethodSetup.of(setup),)) as executor:
+            futures = [executor.submit(_process_method, plugin, params, seed) for seed in seeds]
+            outcomes = [_process_result(f, [owner]) for f, owner in zip(futures, owners)]
+        return [outcome.run(setup, plugin) for outcome in outcomes]
 
     def _run(self, task: Task, data: DataBundle, device: torch.device, jobs: list[tuple[Callable, tuple]],
              owners: list[list[TrainRequest]]) -> list[Any]:
@@ -185,6 +282,17 @@ def _process_one(indices: np.ndarray, seed: int) -> Trained:
 def _process_chunk(indices: list[np.ndarray], seeds: list[int], chunk: int) -> list[Trained]:
     out = train_chunk(_WORKER["task"], _WORKER["data"], _WORKER["pool"], indices, seeds, _WORKER["device"], chunk)
     return [Trained(_cpu_state(t.model), t.seconds) for t in out]
+
+
+def _init_method_worker(method_setup: "MethodSetup") -> None:
+    torch.set_num_threads(1)
+    _WORKER["setup"] = method_setup.rebuild()
+
+
+def _process_method(plugin: Any, params: dict[str, Any], seed: int) -> "MethodOutcome":
+    from muaudit.runs import run_method
+
+    return MethodOutcome.of(run_method(_WORKER["setup"], plugin, params, seed))
 
 
 def _worker_count(workers: int | None) -> int:
@@ -252,32 +360,52 @@ class RayExecutor:
                          device: torch.device, chunk: int, progress: bool = False) -> list[Trained]:
         return self._run(task, data, _chunks(requests, chunk), vectorised=True, chunk=chunk)
 
+    def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
+        """The method run once per seed as Ray tasks (in this process when its class cannot be imported by a
+        worker). The runs use this process's device when it is the CPU, and CUDA only with ``gpus``."""
+        if len(seeds) <= 1 or not importable(plugin.cls):
+            return SequentialExecutor().run_methods(setup, plugin, params, seeds)
+        self.connect()
+        method_setup = MethodSetup.of(setup)
+        payload = self.ray.put(replace(method_setup, device="cuda" if self.gpus > 0 else "cpu"))
+        remote = self._options(self.ray.remote(_ray_method))
+        threads = max(1, int(self.cpus))
+        groups = [[TrainRequest(f"{plugin.spec.name} run", np.zeros(1, np.int64), seed)] for seed in seeds]
+        outcomes = self._submit(groups, lambda group: remote.remote(payload, plugin, params, group[0].seed, threads))
+        return [outcome.run(setup, plugin) for outcome in outcomes]
+
     def _run(self, task: Task, data: DataBundle, groups: list[list[TrainRequest]], vectorised: bool,
              chunk: int) -> list[Trained]:
         if not groups:
             return []
         self.connect()
-        ray = self.ray
-        payload = ray.put((task, data))
-        remote = self._remote_fn().options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries,
-            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+        payload = self.ray.put((task, data))
+        remote = self._options(self._remote_fn())
         device = "cuda" if self.gpus > 0 else "cpu"
         threads = max(1, int(self.cpus))
+        states = self._submit(groups, lambda group: remote.remote(
+            payload, [r.indices for r in group], [r.seed for r in group], vectorised, chunk, device, threads))
+        return [Trained(state, seconds) for state, seconds in states]
+
+    def _options(self, remote: Any) -> Any:
+        return remote.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries,
+                              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+
+    def _submit(self, groups: list[list[TrainRequest]], submit: Callable[[list[TrainRequest]], Any]) -> list[Any]:
+        """Submit one job per group, at most ``workers`` in flight; the jobs' results in the groups' order,
+        flattened (a job returns a list)."""
         pending: dict[Any, int] = {}
-        results: dict[int, list[Trained]] = {}
+        results: dict[int, list[Any]] = {}
         window = self.workers or len(groups)
         for index, group in enumerate(groups):
             if len(pending) >= window:
                 self._collect(pending, results, groups)
-            ref = remote.remote(payload, [r.indices for r in group], [r.seed for r in group], vectorised, chunk,
-                                device, threads)
-            pending[ref] = index
+            pending[submit(group)] = index
         while pending:
             self._collect(pending, results, groups)
         return _flatten([results[i] for i in range(len(groups))])
 
-    def _collect(self, pending: dict[Any, int], results: dict[int, list[Trained]],
+    def _collect(self, pending: dict[Any, int], results: dict[int, list[Any]],
                  groups: list[list[TrainRequest]]) -> None:
         """Wait for one job; store its models, or fail (cancelling the rest) when its worker died for good."""
         done, _ = self.ray.wait(list(pending), num_returns=1)
@@ -293,7 +421,7 @@ class RayExecutor:
                 self._cancel(pending)
                 cause = getattr(exc, "cause", None)
                 raise (cause if isinstance(cause, Exception) else MuauditError(_first_line(exc))) from None
-            results[index] = [Trained(state, seconds) for state, seconds in states]
+            results[index] = list(states)
 
     def _cancel(self, pending: dict[Any, int]) -> None:
         for ref in pending:
@@ -303,6 +431,17 @@ class RayExecutor:
         if self._remote is None:
             self._remote = self.ray.remote(_ray_job)
         return self._remote
+
+
+def _ray_method(payload: MethodSetup, plugin: Any, params: dict[str, Any], seed: int, threads: int
+                ) -> list[MethodOutcome]:
+    """A Ray task: one method run on the original model rebuilt from the object store."""
+    from muaudit.runs import run_method
+
+    torch.set_num_threads(threads)
+    setup = (payload if payload.device == "cpu" or torch.cuda.is_available()
+             else replace(payload, device="cpu")).rebuild()
+    return [MethodOutcome.of(run_method(setup, plugin, params, seed))]
 
 
 def _ray_job(payload: tuple[Task, DataBundle], indices: list[np.ndarray], seeds: list[int], vectorised: bool,

@@ -315,3 +315,45 @@ def test_executor_usage_errors_import_no_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["2", "False"], result
     assert "--ray-address must be auto, host:port or ray://host:port" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ method seeds
+def _method_runs(setup, executor, seeds):
+    from muaudit.plugins import METHODS, load_by_name
+
+    plugin = load_by_name(METHODS, "finetune")
+    return executor.run_methods(setup, plugin, {"epochs": 1}, seeds)
+
+
+def _same_runs(a, b) -> bool:
+    return ([state_dict_sha256(r.model.state_dict()) for r in a] == [state_dict_sha256(r.model.state_dict()) for r in b]
+            and [(r.params, r.seed, r.preset, r.diagnostics) for r in a]
+            == [(r.params, r.seed, r.preset, r.diagnostics) for r in b])
+
+
+@pytest.fixture(scope="module")
+def digits_setup(tmp_path_factory):
+    torch.set_num_threads(1)  # the workers' thread count: bit-identity is per thread count on the CPU
+    return prepare(NAMED_TASKS["digits"], gold_count=1, cache=TensorCache(tmp_path_factory.mktemp("setup")))
+
+
+def test_method_seed_runs_on_worker_processes_are_bit_identical(digits_setup):
+    here = _method_runs(digits_setup, SequentialExecutor(), [11, 12])
+    spread = _method_runs(digits_setup, ProcessExecutor(2), [11, 12])
+    assert _same_runs(here, spread) and all(r.seconds > 0 for r in spread)
+    assert state_dict_sha256(here[0].model.state_dict()) != state_dict_sha256(here[1].model.state_dict())
+
+
+def test_method_seed_runs_on_ray_are_bit_identical(local_ray, digits_setup):
+    here = _method_runs(digits_setup, SequentialExecutor(), [11, 12])
+    assert _same_runs(here, _method_runs(digits_setup, local_ray, [11, 12]))
+
+
+def test_cli_method_seeds_on_workers_match_the_sequential_run(tmp_path):
+    cards = []
+    for name, extra in (("sequential", []), ("processes", ["--executor", "processes", "--workers", "2"])):
+        out = tmp_path / name
+        assert main(["score", "--method", "finetune", "--method-arg", "epochs=1", "--attacks", "loss", "--quiet",
+                     "--cache-dir", str(tmp_path / "cache"), "--method-seeds", "3", *extra, "--out", str(out)]) == 0
+        cards.append(json.loads((out / "scorecard.json").read_text())["method_seeds"])
+    assert cards[0] == cards[1]
