@@ -1,6 +1,7 @@
 """Executors measured in one run: a shadow bank trained sequentially, on local worker processes and on Ray.
 
-``--part cpu`` (the default; about 6 minutes on this project's 2-core machine) measures, with fresh caches:
+``--part cpu`` (the default; about 12 minutes on this project's 2-core machine, ``--rounds 2``) measures, with
+fresh caches:
 
 1. a 16-model CNN shadow bank on Fashion-MNIST (the ``fashion-mnist-random`` task's data, 10,000-image subset and
    ``cnn``; random halves of the training pool; the recipe cut to ``--cnn-epochs`` epochs so the run takes
@@ -105,27 +106,42 @@ def ray_start(workers: int, gpus: float = 0.0) -> tuple[RayExecutor, float]:
 
 # ---------------------------------------------------------------------------------------------- parts
 def executors_on(task: Task, data: Any, requests: list[ModelRequest], workers: int, device: torch.device,
-                 vectorise: str, chunk: int, ray_gpus: float = 0.0) -> dict[str, Any]:
-    """The same bank by the sequential executor, ``workers`` processes (CPU only) and Ray, in that order."""
-    runs: dict[str, Any] = {}
+                 vectorise: str, chunk: int, rounds: int, ray_gpus: float = 0.0) -> dict[str, Any]:
+    """The same bank by the sequential executor, ``workers`` processes (CPU only) and Ray, in that order, repeated
+    for ``rounds`` rounds (so that a change of load on the machine hits every executor alike); times are summed
+    over rounds, own times averaged."""
     label = "vmap chunks" if vectorise == "always" else "models"
-    log(f"sequential: {len(requests)} {label} in this process")
-    runs["sequential"] = timed_bank(task, data, requests, SequentialExecutor(), device, vectorise, chunk)
-    if device.type == "cpu":
-        log(f"processes: {workers} workers")
-        runs["processes"] = timed_bank(task, data, requests, ProcessExecutor(workers), device, vectorise, chunk)
-    ray, start_up = ray_start(workers, ray_gpus)
-    log(f"ray: started in {start_up:.1f} s; {workers} workers")
-    runs["ray"] = timed_bank(task, data, requests, ray, device, vectorise, chunk)
-    ray.ray.shutdown()
-    base, n = runs["sequential"][0], len(requests)
-    out = {name: {"seconds": s, "speedup": base / s, "identical_to_sequential": hashes == runs["sequential"][1],
-                  "own_seconds_per_model": own, "ceiling": runs["sequential"][2] / own * (1 if name == "sequential"
-                                                                                          else workers)}
-           for name, (s, hashes, own) in runs.items()}
-    out["ray"]["start_up_seconds"] = start_up
+    seconds: dict[str, float] = {}
+    own: dict[str, list[float]] = {}
+    same: dict[str, bool] = {}
+    start_ups: list[float] = []
+    for round_ in range(rounds):
+        runs: dict[str, tuple[float, list[str], float]] = {}
+        log(f"round {round_ + 1}/{rounds}: sequential, {len(requests)} {label} in this process")
+        runs["sequential"] = timed_bank(task, data, requests, SequentialExecutor(), device, vectorise, chunk)
+        if device.type == "cpu":
+            log(f"processes: {workers} workers")
+            runs["processes"] = timed_bank(task, data, requests, ProcessExecutor(workers), device, vectorise, chunk)
+        ray, start_up = ray_start(workers, ray_gpus)
+        start_ups.append(start_up)
+        log(f"ray: started in {start_up:.1f} s; {workers} workers")
+        runs["ray"] = timed_bank(task, data, requests, ray, device, vectorise, chunk)
+        ray.ray.shutdown()
+        for name, (wall, hashes, own_mean) in runs.items():
+            seconds[name] = seconds.get(name, 0.0) + wall
+            own.setdefault(name, []).append(own_mean)
+            same[name] = same.get(name, True) and hashes == runs["sequential"][1]
+    base, base_own = seconds["sequential"], float(np.mean(own["sequential"]))
+    out: dict[str, Any] = {}
+    for name in seconds:
+        own_mean = float(np.mean(own[name]))
+        out[name] = {"seconds": seconds[name], "speedup": base / seconds[name], "identical_to_sequential": same[name],
+                     "own_seconds_per_model": own_mean,
+                     "ceiling": base_own / own_mean * (1 if name == "sequential" else workers)}
+    out["ray"]["start_up_seconds"] = float(np.sum(start_ups))
     if "processes" in out:
-        out["ray"]["extra_over_processes_seconds"] = runs["ray"][0] - runs["processes"][0]
+        out["ray"]["extra_over_processes_seconds"] = seconds["ray"] - seconds["processes"]
+    out["rounds"] = rounds
     return out
 
 
@@ -171,14 +187,15 @@ def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
     task, data, label = cnn_task(args.cnn_epochs, args.fmnist_root)
     pool = len(task.training_split(data))
     log(f"CNN bank: {args.cnn_models} x {label}")
-    cnn = executors_on(task, data, halves(pool, args.cnn_models), args.workers, cpu, "never", 32)
+    cnn = executors_on(task, data, halves(pool, args.cnn_models), args.workers, cpu, "never", 32, args.rounds)
     cnn["workload"] = f"{args.cnn_models} shadows, {label}, random halves of {pool} images"
     cnn["seconds_per_model_sequential"] = cnn["sequential"]["seconds"] / args.cnn_models
     mtask, mdata, mlabel = mlp_task()
     mpool = len(mtask.training_split(mdata))
     requests = halves(mpool, args.mlp_models)
     log(f"MLP bank: {args.mlp_models} x {mlabel}, vmap chunks of {args.mlp_models // args.workers}")
-    mlp = executors_on(mtask, mdata, requests, args.workers, cpu, "always", args.mlp_models // args.workers)
+    mlp = executors_on(mtask, mdata, requests, args.workers, cpu, "always", args.mlp_models // args.workers,
+                       args.rounds)
     mlp["workload"] = (f"{args.mlp_models} shadows, {mlabel}, vmap in chunks of {args.mlp_models // args.workers} "
                        f"(one chunk per worker), random halves of {mpool} examples")
     mlp["seconds_per_model_one_by_one"] = one_by_one(mtask, mdata, requests[:8], cpu)
@@ -198,7 +215,7 @@ def gpu_part(args: argparse.Namespace) -> dict[str, Any]:
     requests = halves(pool, args.cnn_models)
     log(f"CNN bank on CUDA: {args.cnn_models} x {label}")
     out: dict[str, Any] = {"cnn_bank": executors_on(task, data, requests, args.gpu_workers, cuda, "never", 32,
-                                                    ray_gpus=1.0 / args.gpu_workers)}
+                                                    args.rounds, ray_gpus=1.0 / args.gpu_workers)}
     out["cnn_bank"]["workload"] = f"{args.cnn_models} shadows, {label}; Ray: {args.gpu_workers} models per GPU"
     try:
         seconds, _, _ = timed_bank(task, data, requests, SequentialExecutor(), cuda, "always", args.cnn_models)
@@ -220,7 +237,8 @@ def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
         if key not in result:
             continue
         bank = result[key]
-        lines += [f"## {title}", "", f"Workload: {bank['workload']}.", "",
+        lines += [f"## {title}", "", f"Workload: {bank['workload']}; {bank['rounds']} round(s) of sequential, "
+                  "processes, Ray, times summed over rounds.", "",
                   "| executor | wall s | speed-up vs sequential | own s per model | ceiling | bit-identical |",
                   "|---|---|---|---|---|---|"]
         for name in ("sequential", "processes", "ray", "vmap_cuda"):
@@ -264,6 +282,7 @@ def main() -> int:
     parser.add_argument("--part", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="CPU workers (processes and Ray; default 2)")
     parser.add_argument("--gpu-workers", type=int, default=4, help="models sharing one GPU on Ray (default 4)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of sequential, processes, Ray (default 2)")
     parser.add_argument("--cnn-models", type=int, default=16)
     parser.add_argument("--cnn-epochs", type=int, default=2)
     parser.add_argument("--mlp-models", type=int, default=64)
