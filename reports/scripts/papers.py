@@ -40,6 +40,7 @@ import torch
 
 from muaudit.audit import MethodRun, add_golds, build_scorecard, prepare, run_method
 from muaudit.cache import TensorCache
+from muaudit.errors import PluginError
 from muaudit.plugins import ATTACKS, METHODS, load_by_name
 from muaudit.results import Scorecard, comparison_table
 from muaudit.runs import instantiate, method_context
@@ -204,12 +205,19 @@ def run_audit(name: str, plan: Plan, s: Settings) -> dict[str, Any]:
     tuned = tune_rows(name, setup, plan, s)
     tune_seconds = time.perf_counter() - start
     add_golds(setup, s.gold_count)
-    cards = {}
+    cards, failures = {}, {}
     for row in plan.runs:
-        run = run_row(setup, row, tuned)
+        try:
+            run = run_row(setup, row, tuned)
+        except PluginError as exc:  # recorded and reported, as compare records a failing method
+            failures[row.label] = str(exc)
+            log(name, f"{row.label}: FAILED: {exc}")
+            continue
         cards[row.label] = build_scorecard(setup, run, attacks()).to_dict()
         log(name, f"{row.label}: {run.seconds:.1f} s")
-    return {"meta": meta(name, plan, s, setup, tuned, tune_seconds, time.perf_counter() - start), "cards": cards}
+    payload = {"meta": meta(name, plan, s, setup, tuned, tune_seconds, time.perf_counter() - start), "cards": cards}
+    payload["meta"]["failures"] = failures
+    return payload
 
 
 def meta(name: str, plan: Plan, s: Settings, setup: Any, tuned: dict[str, Any], tune_seconds: float,
@@ -454,8 +462,11 @@ def lowest_avg_gap(baselines: tuple[str, ...]) -> Callable[[dict[str, Any]], Res
         cards = {k: card_of(v) for k, v in t["cards"].items()}
         gaps = {k: val(cards[k], "avg_gap") for k in ("natmu", *baselines) if k in cards}
         best = min(gaps, key=gaps.get)
+        failed = [k for k in baselines if k in t["meta"].get("failures", {})]
         text = ("AvgGap " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(gaps.items(), key=lambda kv: kv[1]))
-                + f" (the untouched original: {val(cards['natmu'], 'avg_gap', 'original'):.2f})")
+                + f" (the untouched original: {val(cards['natmu'], 'avg_gap', 'original'):.2f})"
+                + (f"; {', '.join(failed)} failed on this D_f with its tuned parameters (see the task table)"
+                   if failed else ""))
         return gated(cards["natmu"], t["meta"]["n_forget"], lambda: result(best == "natmu", text))
     return check
 
@@ -601,6 +612,9 @@ def task_section(name: str, task: dict[str, Any]) -> list[str]:
         lines += ["", "| row | chosen parameters | score (default's) | tuning s |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['chosen'] or 'the task-matched default'} | {v['chosen_score']:.3f} "
                   f"({v['default_score']:.3f}) | {v['seconds']:.1f} |" for k, v in m["tuning"].items()]
+    for label, reason in m.get("failures", {}).items():
+        lines += ["", f"**Failed:** `{label}`: {reason}. Its parameters were selected on the proxy forget sets (the "
+                  "protocol's rule); on the audited forget set they failed, and the row is left out."]
     fixed = [r for r in m["rows"] if not r["tuned"] and r["method"] != "retrain"]
     if fixed:
         lines += ["", "Not tuned: " + "; ".join(f"`{r['label']}` ({r['fixed'] or 'preset'})" for r in fixed) + "."]
