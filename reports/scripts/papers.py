@@ -181,7 +181,7 @@ def tune_rows(name: str, setup: Any, plan: Plan, s: Settings) -> dict[str, dict[
         result = tune(setup, plugin, dict(row.fixed), budget=s.budget, proxies=s.proxies,
                       proxy_golds=s.proxy_golds)
         out[row.label] = {"result": result, "seconds": time.perf_counter() - start}
-        log(name, f"tuned {row.label}: {result.chosen} ({out[row.label]['seconds']:.0f} s)")
+        log(name, f"tuned {row.label}: {result.chosen} ({tuning_seconds(out[row.label]):.0f} s)")
     return out
 
 
@@ -193,8 +193,15 @@ def run_row(setup: Any, row: Run, tuned: dict[str, dict[str, Any]]) -> MethodRun
     return run_method(setup, plugin, dict(row.fixed))
 
 
+def tuning_seconds(t: dict[str, Any]) -> float:
+    """A row's tuning time: the tuning run's own record (``TuneResult.timings``), which a rerun that finds the
+    result in the tune cache reads back, else this run's wall time."""
+    return float((t["result"].timings or {}).get("total_seconds", t["seconds"]))
+
+
 def tuning_record(tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {label: {"seconds": t["seconds"], "chosen": t["result"].chosen, "chosen_score": t["result"].chosen_score,
+    return {label: {"seconds": tuning_seconds(t), "chosen": t["result"].chosen,
+                    "chosen_score": t["result"].chosen_score,
                     "default_score": t["result"].default_score, "budget": t["result"].budget,
                     "proxies": len(t["result"].proxies)} for label, t in tuned.items()}
 
@@ -226,7 +233,8 @@ def meta(name: str, plan: Plan, s: Settings, setup: Any, tuned: dict[str, Any], 
             "arm": "tuned" if plan.tuned else "presets", "budget": s.budget if plan.tuned else None,
             "proxies": s.proxies if plan.tuned else None, "proxy_golds": s.proxy_golds if plan.tuned else None,
             "gold_count": s.gold_count, "epochs": setup.task.recipe.epochs, "n_forget": len(setup.forget),
-            "tuning": tuning_record(tuned), "tuning_seconds": tune_seconds, "wall_seconds": wall,
+            "tuning": tuning_record(tuned), "wall_seconds": wall,
+            "tuning_seconds": sum(tuning_seconds(t) for t in tuned.values()) if tuned else tune_seconds,
             "rows": [{"label": r.label, "method": r.method, "fixed": r.fixed,
                       "tuned": r.label in tuned} for r in plan.runs],
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
