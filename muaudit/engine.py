@@ -18,9 +18,16 @@ is trained) and return state dicts and their training time; the driver checks ea
 is the only writer of the cache, atomically, after the checks. On the CPU with one torch thread per model the
 results are bit-identical to the sequential executor (tested for each executor).
 
+Method runs (:meth:`run_methods`): the extra runs of ``--method-seeds`` go through the executor too. A worker
+rebuilds the original from its weights (:class:`MethodSetup`) and runs :func:`muaudit.runs.run_method` exactly as
+the driver would (same sealing, same declared data); it returns the unlearned weights and the run's record
+(:class:`MethodOutcome`). A plugin class that a worker cannot import (defined in ``__main__`` or a notebook) runs
+in the driver. U-LiRA's unlearned shadows and tuning's trials still run in the driver.
+
 Failures: a process worker that dies (killed, out of memory) breaks its pool, and the run fails with one clear
 error naming the model; a Ray worker that dies is retried (``retries`` times, Ray's own task retry) and the run
-fails the same way when the retries are spent. Either way nothing of a failed model reaches the cache.
+fails the same way when the retries are spent. Either way nothing of a failed model reaches the cache. An error
+raised by the training or the method in a worker is raised in the driver as itself.
 """
 from __future__ import annotations
 
