@@ -189,7 +189,7 @@ def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
     log(f"CNN bank: {args.cnn_models} x {label}")
     cnn = executors_on(task, data, halves(pool, args.cnn_models), args.workers, cpu, "never", 32, args.rounds)
     cnn["workload"] = f"{args.cnn_models} shadows, {label}, random halves of {pool} images"
-    cnn["seconds_per_model_sequential"] = cnn["sequential"]["seconds"] / args.cnn_models
+    cnn["seconds_per_model_sequential"] = cnn["sequential"]["seconds"] / (args.cnn_models * args.rounds)
     mtask, mdata, mlabel = mlp_task()
     mpool = len(mtask.training_split(mdata))
     requests = halves(mpool, args.mlp_models)
@@ -200,7 +200,7 @@ def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
                        f"(one chunk per worker), random halves of {mpool} examples")
     mlp["seconds_per_model_one_by_one"] = one_by_one(mtask, mdata, requests[:8], cpu)
     mlp["vmap_speedup_over_one_by_one"] = {
-        name: mlp["seconds_per_model_one_by_one"] / (mlp[name]["seconds"] / args.mlp_models)
+        name: mlp["seconds_per_model_one_by_one"] / (mlp[name]["seconds"] / (args.mlp_models * args.rounds))
         for name in ("sequential", "processes", "ray")}
     log("ResNet-18 step (CIFAR-10 shape, one thread)")
     return {"cnn_bank": cnn, "mlp_bank": mlp, "resnet18_cifar10": resnet18_step(cpu)}

@@ -548,8 +548,8 @@ def evaluate_claims(tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for claim in CLAIMS:
         for name in claim.tasks:
             if name not in tasks:
-                status, evidence = "untestable", ("task not run in this session: it did not fit the time "
-                                                  "(see 'Not done')")
+                status, evidence = "untestable", (f"no task file {name}.json: run `python "
+                                                  f"reports/scripts/papers.py --only {name}`")
             else:
                 status, evidence = claim.check(tasks[name])
                 evidence = f"[{arm_tag(tasks[name]['meta'])}] {evidence}"
