@@ -224,7 +224,7 @@ class ProcessExecutor:
         if len(requests) <= 1 or self.workers == 1:
             return SequentialExecutor().train(task, data, pool, requests, device, progress)
         jobs = [(_process_one, (r.indices, r.seed)) for r in requests]
-        return self._run(task, data, device, jobs, [[r] for r in requests])
+        return self._run(task, data, device, jobs, [_training(r) for r in requests])
 
     def train_vectorised(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[TrainRequest],
                          device: torch.device, chunk: int, progress: bool = False) -> list[Trained]:
@@ -232,7 +232,7 @@ class ProcessExecutor:
         if len(chunks) <= 1 or self.workers == 1:
             return SequentialExecutor().train_vectorised(task, data, pool, requests, device, chunk, progress)
         jobs = [(_process_chunk, ([r.indices for r in c], [r.seed for r in c], chunk)) for c in chunks]
-        return _flatten(self._run(task, data, device, jobs, chunks))
+        return _flatten(self._run(task, data, device, jobs, [_training(c[0]) for c in chunks]))
 
     def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
         """The method run once per seed, one run per worker process (in this process when its class cannot be
@@ -242,34 +242,41 @@ class ProcessExecutor:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        owners = [TrainRequest(f"{plugin.spec.name} run", np.zeros(1, np.int64), seed) for seed in seeds]
         with ProcessPoolExecutor(min(self.workers, len(seeds)), mp_context=context, initializer=_init_method_worker,
                                  initargs=(MethodSetup.of(setup),)) as executor:
             futures = [executor.submit(_process_method, plugin, params, seed) for seed in seeds]
-            outcomes = [_process_result(f, [owner]) for f, owner in zip(futures, owners)]
+            outcomes = [_process_result(f, _running(plugin, seed)) for f, seed in zip(futures, seeds)]
         return [outcome.run(setup, plugin) for outcome in outcomes]
 
     def _run(self, task: Task, data: DataBundle, device: torch.device, jobs: list[tuple[Callable, tuple]],
-             owners: list[list[TrainRequest]]) -> list[Any]:
+             subjects: list[str]) -> list[Any]:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=_init_worker,
                                  initargs=(task, data, str(device))) as executor:
             futures = [executor.submit(fn, *args) for fn, args in jobs]
-            return [_process_result(f, owner) for f, owner in zip(futures, owners)]
+            return [_process_result(f, subject) for f, subject in zip(futures, subjects)]
 
 
-def _process_result(future: Any, owner: list[TrainRequest]) -> Any:
+def _process_result(future: Any, subject: str) -> Any:
     try:
         return future.result()
     except BrokenProcessPool:
-        raise _died(owner[0], "a training worker died") from None
+        raise _died(subject, "a worker died") from None
 
 
-def _died(request: TrainRequest, what: str) -> MuauditError:
-    return MuauditError(f"{what} while training the {request.role} model (seed {request.seed}); nothing of it was "
-                        "cached: run again, or use --executor sequential")
+def _training(request: TrainRequest) -> str:
+    """How a failed training job is named in its error (its first model, for a vmap chunk)."""
+    return f"training the {request.role} model (seed {request.seed})"
+
+
+def _running(plugin: Any, seed: int) -> str:
+    return f"running {plugin.spec.describe()} (seed {seed})"
+
+
+def _died(subject: str, what: str) -> MuauditError:
+    return MuauditError(f"{what} while {subject}; nothing of it was cached: run again, or use --executor sequential")
 
 
 _WORKER: dict[str, Any] = {}
@@ -377,8 +384,9 @@ class RayExecutor:
         payload = self.ray.put(replace(method_setup, device="cuda" if self.gpus > 0 else "cpu"))
         remote = self._options(self.ray.remote(_ray_method))
         threads = max(1, int(self.cpus))
-        groups = [[TrainRequest(f"{plugin.spec.name} run", np.zeros(1, np.int64), seed)] for seed in seeds]
-        outcomes = self._submit(groups, lambda group: remote.remote(payload, plugin, params, group[0].seed, threads))
+        outcomes = self._submit([(_running(plugin, seed), lambda seed=seed: remote.remote(payload, plugin, params,
+                                                                                         seed, threads))
+                                 for seed in seeds])
         return [outcome.run(setup, plugin) for outcome in outcomes]
 
     def _run(self, task: Task, data: DataBundle, groups: list[list[TrainRequest]], vectorised: bool,
@@ -390,30 +398,31 @@ class RayExecutor:
         remote = self._options(self._remote_fn())
         device = "cuda" if self.gpus > 0 else "cpu"
         threads = max(1, int(self.cpus))
-        states = self._submit(groups, lambda group: remote.remote(
+        states = self._submit([(_training(group[0]), lambda group=group: remote.remote(
             payload, [r.indices for r in group], [r.seed for r in group], vectorised, chunk, device, threads))
+            for group in groups])
         return [Trained(state, seconds) for state, seconds in states]
 
     def _options(self, remote: Any) -> Any:
         return remote.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries,
                               runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
 
-    def _submit(self, groups: list[list[TrainRequest]], submit: Callable[[list[TrainRequest]], Any]) -> list[Any]:
-        """Submit one job per group, at most ``workers`` in flight; the jobs' results in the groups' order,
-        flattened (a job returns a list)."""
+    def _submit(self, jobs: list[tuple[str, Callable[[], Any]]]) -> list[Any]:
+        """Submit each (subject, submit) job, at most ``workers`` in flight; the jobs' results in order,
+        flattened (a job returns a list); ``subject`` names the job in its error."""
         pending: dict[Any, int] = {}
         results: dict[int, list[Any]] = {}
-        window = self.workers or len(groups)
-        for index, group in enumerate(groups):
+        subjects = [subject for subject, _ in jobs]
+        window = self.workers or len(jobs)
+        for index, (_, submit) in enumerate(jobs):
             if len(pending) >= window:
-                self._collect(pending, results, groups)
-            pending[submit(group)] = index
+                self._collect(pending, results, subjects)
+            pending[submit()] = index
         while pending:
-            self._collect(pending, results, groups)
-        return _flatten([results[i] for i in range(len(groups))])
+            self._collect(pending, results, subjects)
+        return _flatten([results[i] for i in range(len(jobs))])
 
-    def _collect(self, pending: dict[Any, int], results: dict[int, list[Any]],
-                 groups: list[list[TrainRequest]]) -> None:
+    def _collect(self, pending: dict[Any, int], results: dict[int, list[Any]], subjects: list[str]) -> None:
         """Wait for one job; store its models, or fail (cancelling the rest) when its worker died for good."""
         done, _ = self.ray.wait(list(pending), num_returns=1)
         for ref in done:
@@ -422,7 +431,7 @@ class RayExecutor:
                 states = self.ray.get(ref)
             except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError) as exc:
                 self._cancel(pending)
-                raise _died(groups[index][0], f"a Ray worker died {self.retries + 1} time(s) ({type(exc).__name__})"
+                raise _died(subjects[index], f"a Ray worker died {self.retries + 1} time(s) ({type(exc).__name__})"
                             ) from None
             except self.ray.exceptions.RayTaskError as exc:  # the training itself raised: that error, as raised here
                 self._cancel(pending)
