@@ -604,15 +604,11 @@ def _over_seeds(setup: Any, card: Any, run: Any, attacks: Any, args: argparse.Na
 
     seeds = method_seeds(run.seed, args.method_seeds)
     params = dict(tuned.chosen) if tuned is not None else run.params
-    runs = _executor_of(setup).run_methods(setup, run.plugin, params, seeds[1:])  # spread over the executor's workers
+    from muaudit.engine import executor_of
+
+    runs = executor_of(setup).run_methods(setup, run.plugin, params, seeds[1:])  # spread over the executor's workers
     cards = [card] + [build_scorecard(setup, r, attacks, args.challenge_models) for r in runs]
     return replace(card, method_seeds=seed_section(cards, seeds))
-
-
-def _executor_of(setup: Any) -> Any:
-    from muaudit.engine import SequentialExecutor
-
-    return getattr(setup._bank, "executor", None) or SequentialExecutor()
 
 
 def _gates(args: argparse.Namespace) -> list[Any]:

@@ -22,7 +22,12 @@ Method runs (:meth:`run_methods`): the extra runs of ``--method-seeds`` go throu
 rebuilds the original from its weights (:class:`MethodSetup`) and runs :func:`muaudit.runs.run_method` exactly as
 the driver would (same sealing, same declared data); it returns the unlearned weights and the run's record
 (:class:`MethodOutcome`). A plugin class that a worker cannot import (defined in ``__main__`` or a notebook) runs
-in the driver. U-LiRA's unlearned shadows and tuning's trials still run in the driver.
+in the driver. :meth:`run_grid` is the general form (any ``(params, seed)`` jobs; errors of chosen types come back
+as :class:`RunFailure` values instead of stopping the others): tuning runs its configurations through it.
+
+Derived models (:meth:`derive`): U-LiRA's unlearned shadows (the audited method applied to each shadow) are
+derived from trained shadows by a picklable ``make`` (:class:`muaudit.runs.ShadowForgetting`) on the workers; the
+driver validates and caches them as it does trained models.
 
 Failures: a process worker that dies (killed, out of memory) breaks its pool, and the run fails with one clear
 error naming the model; a Ray worker that dies is retried (``retries`` times, Ray's own task retry) and the run
@@ -32,6 +37,7 @@ raised by the training or the method in a worker is raised in the driver as itse
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -43,7 +49,7 @@ import numpy as np
 import torch
 
 from muaudit.data import DataBundle, Split
-from muaudit.errors import ConfigurationError, MuauditError
+from muaudit.errors import ConfigurationError, MuauditError, PluginValidationError
 from muaudit.rayconnect import check_ray_address, import_ray
 from muaudit.task import Task
 
@@ -171,6 +177,75 @@ class MethodOutcome:
                          self.stats_seconds, self.preset, diagnostics=self.diagnostics)
 
 
+@dataclass(frozen=True)
+class RunFailure:
+    """A method run that raised one of the error types its caller keeps (tuning scores such a configuration as
+    failed and goes on): the error's type name and first line, picklable whatever the error was."""
+
+    kind: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "RunFailure":
+        text = str(exc)
+        return cls(type(exc).__name__, text.splitlines()[0] if text else "")
+
+    @property
+    def reason(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+MethodJob = tuple[dict[str, Any], int]  # (parameters, seed) of one method run
+
+
+def _run_kept(setup: Any, plugin: Any, params: dict[str, Any], seed: int,
+              keep: tuple[type[BaseException], ...]) -> Any:
+    """:func:`muaudit.runs.run_method`, with an error of a ``keep`` type returned as a :class:`RunFailure`."""
+    from muaudit.runs import run_method
+
+    try:
+        return run_method(setup, plugin, params, seed)
+    except keep as exc:
+        return RunFailure.of(exc)
+
+
+def _outcome(result: Any) -> Any:
+    return result if isinstance(result, RunFailure) else MethodOutcome.of(result)
+
+
+def _in_driver(result: Any, setup: Any, plugin: Any) -> Any:
+    return result if isinstance(result, RunFailure) else result.run(setup, plugin)
+
+
+@dataclass(frozen=True)
+class DeriveRequest:
+    """One model derived from a trained one (U-LiRA's unlearned shadows): ``subject`` names it in errors, ``base``
+    is the trained model's CPU state dict and ``make(model, pool, device)`` returns the derived model from a
+    private copy of it, with the worker's training pool. A ``make`` whose ``portable`` attribute is not True (a
+    closure, a class a worker cannot import) is run in this process whatever the executor."""
+
+    subject: str
+    base: dict[str, torch.Tensor]
+    make: Callable[[torch.nn.Module, Split, torch.device], torch.nn.Module]
+
+
+def derive_one(task: Task, data: DataBundle, pool: Split, request: DeriveRequest, device: torch.device) -> Trained:
+    """``request``'s derived model and the time ``make`` took."""
+    from muaudit.checkpoint import load_into
+    from muaudit.training import fresh_model
+
+    model = load_into(fresh_model(task, data, 0), request.base, request.subject).to(device)
+    start = time.perf_counter()
+    derived = request.make(model, pool, device)
+    if not isinstance(derived, torch.nn.Module):
+        raise PluginValidationError(f"{request.subject}: expected an nn.Module, got {type(derived).__name__}")
+    return Trained(derived.state_dict(), time.perf_counter() - start, derived)
+
+
+def _portable(requests: Sequence[DeriveRequest]) -> bool:
+    return all(getattr(r.make, "portable", False) is True for r in requests)
+
+
 def importable(cls: type) -> bool:
     """Whether a worker process can import ``cls`` by its module and qualified name."""
     import importlib
@@ -206,9 +281,18 @@ class SequentialExecutor:
 
     def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
         """The method run once per seed (:func:`muaudit.runs.run_method`), in this process."""
-        from muaudit.runs import run_method
+        return self.run_grid(setup, plugin, [(params, seed) for seed in seeds])
 
-        return [run_method(setup, plugin, params, seed) for seed in seeds]
+    def run_grid(self, setup: Any, plugin: Any, jobs: Sequence[MethodJob],
+                 keep: tuple[type[BaseException], ...] = ()) -> list[Any]:
+        """One :class:`~muaudit.runs.MethodRun` per ``(params, seed)`` job, in order; an error of a ``keep`` type
+        is returned as a :class:`RunFailure` in the job's place, any other is raised."""
+        return [_run_kept(setup, plugin, dict(params), seed, keep) for params, seed in jobs]
+
+    def derive(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[DeriveRequest],
+               device: torch.device) -> list[Trained]:
+        """Each request's derived model (:class:`DeriveRequest`), in this process."""
+        return [derive_one(task, data, pool, r, device) for r in requests]
 
 
 class ProcessExecutor:
@@ -237,16 +321,30 @@ class ProcessExecutor:
     def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
         """The method run once per seed, one run per worker process (in this process when its class cannot be
         imported by a worker, e.g. one defined in ``__main__``)."""
-        if len(seeds) <= 1 or self.workers == 1 or not importable(plugin.cls):
-            return SequentialExecutor().run_methods(setup, plugin, params, seeds)
+        return self.run_grid(setup, plugin, [(params, seed) for seed in seeds])
+
+    def run_grid(self, setup: Any, plugin: Any, jobs: Sequence[MethodJob],
+                 keep: tuple[type[BaseException], ...] = ()) -> list[Any]:
+        """:meth:`SequentialExecutor.run_grid`, one run per worker process at a time."""
+        if len(jobs) <= 1 or self.workers == 1 or not importable(plugin.cls):
+            return SequentialExecutor().run_grid(setup, plugin, jobs, keep)
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(self.workers, len(seeds)), mp_context=context, initializer=_init_method_worker,
-                                 initargs=(MethodSetup.of(setup),)) as executor:
-            futures = [executor.submit(_process_method, plugin, params, seed) for seed in seeds]
-            outcomes = [_process_result(f, _running(plugin, seed)) for f, seed in zip(futures, seeds)]
-        return [outcome.run(setup, plugin) for outcome in outcomes]
+        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=_init_method_worker,
+                                 initargs=(_private(MethodSetup.of(setup)),)) as executor:
+            futures = [executor.submit(_process_method, plugin, dict(params), seed, keep) for params, seed in jobs]
+            outcomes = [_process_result(f, _running(plugin, seed)) for f, (_, seed) in zip(futures, jobs)]
+        return [_in_driver(outcome, setup, plugin) for outcome in outcomes]
+
+    def derive(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[DeriveRequest],
+               device: torch.device) -> list[Trained]:
+        """:meth:`SequentialExecutor.derive`, one model per worker process at a time (in this process when a
+        ``make`` is not portable)."""
+        if len(requests) <= 1 or self.workers == 1 or not _portable(requests):
+            return SequentialExecutor().derive(task, data, pool, requests, device)
+        jobs = [(_process_derive, (r,)) for r in requests]
+        return self._run(task, data, device, jobs, [r.subject for r in requests])
 
     def _run(self, task: Task, data: DataBundle, device: torch.device, jobs: list[tuple[Callable, tuple]],
              subjects: list[str]) -> list[Any]:
@@ -254,7 +352,7 @@ class ProcessExecutor:
 
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                                 initargs=(task, data, str(device))) as executor:
+                                 initargs=(_private((task, data, str(device))),)) as executor:
             futures = [executor.submit(fn, *args) for fn, args in jobs]
             return [_process_result(f, subject) for f, subject in zip(futures, subjects)]
 
@@ -282,9 +380,22 @@ def _died(subject: str, what: str) -> MuauditError:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(task: Task, data: DataBundle, device: str) -> None:
+def _private(payload: Any) -> bytes:
+    """``payload`` as plain pickle bytes, so that each worker unpickles its own private copy of the tensors.
+
+    Why: passed as they are, tensors reach a pool worker through torch's multiprocessing reduction, which moves
+    them into shared memory; measured on this project's 2-core machine (Fashion-MNIST CNN, 2 epochs, 2 workers),
+    models trained 5.0-6.0 s each in workers holding shared-memory data and 3.6-3.9 s in workers holding a private
+    copy, the same as in a process of their own (``reports/engine/cpu.md``). The copy costs one unpickling per
+    worker (the data once, not once per model).
+    """
+    return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _init_worker(payload: bytes) -> None:
     """Once per worker process: one torch thread, the task, its data and the training pool."""
     torch.set_num_threads(1)
+    task, data, device = pickle.loads(payload)
     _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data))
 
 
@@ -298,15 +409,18 @@ def _process_chunk(indices: list[np.ndarray], seeds: list[int], chunk: int) -> l
     return [Trained(_cpu_state(t.model), t.seconds) for t in out]
 
 
-def _init_method_worker(method_setup: "MethodSetup") -> None:
+def _init_method_worker(payload: bytes) -> None:
     torch.set_num_threads(1)
-    _WORKER["setup"] = method_setup.rebuild()
+    _WORKER["setup"] = pickle.loads(payload).rebuild()
 
 
-def _process_method(plugin: Any, params: dict[str, Any], seed: int) -> "MethodOutcome":
-    from muaudit.runs import run_method
+def _process_method(plugin: Any, params: dict[str, Any], seed: int, keep: tuple[type[BaseException], ...]) -> Any:
+    return _outcome(_run_kept(_WORKER["setup"], plugin, params, seed, keep))
 
-    return MethodOutcome.of(run_method(_WORKER["setup"], plugin, params, seed))
+
+def _process_derive(request: DeriveRequest) -> Trained:
+    t = derive_one(_WORKER["task"], _WORKER["data"], _WORKER["pool"], request, _WORKER["device"])
+    return Trained(_cpu_state(t.model), t.seconds)
 
 
 def _worker_count(workers: int | None) -> int:
@@ -377,17 +491,40 @@ class RayExecutor:
     def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
         """The method run once per seed as Ray tasks (in this process when its class cannot be imported by a
         worker). The runs use this process's device when it is the CPU, and CUDA only with ``gpus``."""
-        if len(seeds) <= 1 or not importable(plugin.cls):
-            return SequentialExecutor().run_methods(setup, plugin, params, seeds)
+        return self.run_grid(setup, plugin, [(params, seed) for seed in seeds])
+
+    def run_grid(self, setup: Any, plugin: Any, jobs: Sequence[MethodJob],
+                 keep: tuple[type[BaseException], ...] = ()) -> list[Any]:
+        """:meth:`SequentialExecutor.run_grid` as Ray tasks (devices as in :meth:`run_methods`)."""
+        if len(jobs) <= 1 or not importable(plugin.cls):
+            return SequentialExecutor().run_grid(setup, plugin, jobs, keep)
         self.connect()
         method_setup = MethodSetup.of(setup)
-        payload = self.ray.put(replace(method_setup, device="cuda" if self.gpus > 0 else "cpu"))
+        payload = self.ray.put(replace(method_setup, device=self._device))
         remote = self._options(self.ray.remote(_ray_method))
-        threads = max(1, int(self.cpus))
-        outcomes = self._submit([(_running(plugin, seed), lambda seed=seed: remote.remote(payload, plugin, params,
-                                                                                         seed, threads))
-                                 for seed in seeds])
-        return [outcome.run(setup, plugin) for outcome in outcomes]
+        outcomes = self._submit([(_running(plugin, seed), lambda params=params, seed=seed: remote.remote(
+            payload, plugin, dict(params), seed, self._threads, keep)) for params, seed in jobs])
+        return [_in_driver(outcome, setup, plugin) for outcome in outcomes]
+
+    def derive(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[DeriveRequest],
+               device: torch.device) -> list[Trained]:
+        """:meth:`SequentialExecutor.derive` as Ray tasks (in this process when a ``make`` is not portable)."""
+        if not requests or not _portable(requests):
+            return SequentialExecutor().derive(task, data, pool, requests, device)
+        self.connect()
+        payload = self.ray.put((task, data))
+        remote = self._options(self.ray.remote(_ray_derive))
+        states = self._submit([(r.subject, lambda r=r: remote.remote(payload, r, self._device, self._threads))
+                               for r in requests])
+        return [Trained(state, seconds) for state, seconds in states]
+
+    @property
+    def _device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+    @property
+    def _threads(self) -> int:
+        return max(1, int(self.cpus))
 
     def _run(self, task: Task, data: DataBundle, groups: list[list[TrainRequest]], vectorised: bool,
              chunk: int) -> list[Trained]:
@@ -396,11 +533,9 @@ class RayExecutor:
         self.connect()
         payload = self.ray.put((task, data))
         remote = self._options(self._remote_fn())
-        device = "cuda" if self.gpus > 0 else "cpu"
-        threads = max(1, int(self.cpus))
         states = self._submit([(_training(group[0]), lambda group=group: remote.remote(
-            payload, [r.indices for r in group], [r.seed for r in group], vectorised, chunk, device, threads))
-            for group in groups])
+            payload, [r.indices for r in group], [r.seed for r in group], vectorised, chunk, self._device,
+            self._threads)) for group in groups])
         return [Trained(state, seconds) for state, seconds in states]
 
     def _options(self, remote: Any) -> Any:
@@ -449,15 +584,23 @@ class RayExecutor:
         return self._remote
 
 
-def _ray_method(payload: MethodSetup, plugin: Any, params: dict[str, Any], seed: int, threads: int
-                ) -> list[MethodOutcome]:
+def _ray_method(payload: MethodSetup, plugin: Any, params: dict[str, Any], seed: int, threads: int,
+                keep: tuple[type[BaseException], ...] = ()) -> list[Any]:
     """A Ray task: one method run on the original model rebuilt from the object store."""
-    from muaudit.runs import run_method
-
     torch.set_num_threads(threads)
     setup = (payload if payload.device == "cpu" or torch.cuda.is_available()
              else replace(payload, device="cpu")).rebuild()
-    return [MethodOutcome.of(run_method(setup, plugin, params, seed))]
+    return [_outcome(_run_kept(setup, plugin, params, seed, keep))]
+
+
+def _ray_derive(payload: tuple[Task, DataBundle], request: DeriveRequest, device: str, threads: int
+                ) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """A Ray task: one derived model, from the task and data in the object store."""
+    torch.set_num_threads(threads)
+    task, data = payload
+    where = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
+    t = derive_one(task, data, training_pool(task, data), request, where)
+    return [(_cpu_state(t.model), t.seconds)]
 
 
 def _ray_job(payload: tuple[Task, DataBundle], indices: list[np.ndarray], seeds: list[int], vectorised: bool,
@@ -480,6 +623,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -------------------------------------------------------------------------------------------- factory
+def executor_of(setup: Any) -> Any:
+    """The executor of ``setup``'s model bank (the one its audit was prepared with), or the sequential one."""
+    return getattr(getattr(setup, "_bank", None), "executor", None) or SequentialExecutor()
+
+
+
 def make_executor(name: str = "sequential", workers: int | None = None, ray_address: str | None = None,
                   ray_cpus: float = 1.0, ray_gpus: float = 0.0) -> Any:
     """The executor called ``name`` (``sequential``, ``processes`` or ``ray``)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -216,6 +216,19 @@ class ShadowUnlearner:
         self.label = {"method": plugin.spec.qualified_name, "version": plugin.spec.version,
                       "params": method.hparams.as_dict(), "seed": seed}
 
+    def job(self, train_idx: np.ndarray, forget_idx: np.ndarray, shadow_seed: int) -> "ShadowForgetting":
+        """:meth:`unlearn` of one shadow as a picklable job for the bank's executor
+        (:meth:`muaudit.shadows.ShadowBank.derived_many`)."""
+        return ShadowForgetting(self, np.array(train_idx, dtype=np.int64), np.array(forget_idx, dtype=np.int64),
+                                int(shadow_seed))
+
+    def on(self, device: torch.device) -> "ShadowUnlearner":
+        """This unlearner running on ``device`` (a worker's), all else the same."""
+        if torch.device(device) == torch.device(self.env.device):
+            return self
+        env = replace(self.env, device=torch.device(device), factory=replace(self.env.factory, device=device))
+        return ShadowUnlearner(env, self.plugin, self.params, self.seed)
+
     def unlearn(self, model: nn.Module, pool: Split, train_idx: np.ndarray, forget_idx: np.ndarray,
                 shadow_seed: int) -> nn.Module:
         env, needs, where = self.env, self.plugin.cls.needs, self.plugin.spec.describe()
@@ -238,3 +251,25 @@ class ShadowUnlearner:
             result = method.unlearn(private, data, ctx)
         _check_result(self.plugin, model, result)
         return result.eval()
+
+
+@dataclass(frozen=True)
+class ShadowForgetting:
+    """One shadow unlearned by the audited method (U-LiRA), as a job a worker can run: ``make(model, pool,
+    device)`` of :class:`muaudit.engine.DeriveRequest`. It is portable (runs on the executor's workers) when a
+    worker can import the method's class; the method then sees exactly what :meth:`ShadowUnlearner.unlearn` gives
+    it in this process (the worker's pool is the same training pool, rebuilt from the task and data)."""
+
+    unlearner: ShadowUnlearner
+    train_idx: np.ndarray
+    forget_idx: np.ndarray
+    shadow_seed: int
+
+    @property
+    def portable(self) -> bool:
+        from muaudit.engine import importable
+
+        return importable(self.unlearner.plugin.cls)
+
+    def __call__(self, model: nn.Module, pool: Split, device: torch.device) -> nn.Module:
+        return self.unlearner.on(device).unlearn(model, pool, self.train_idx, self.forget_idx, self.shadow_seed)

@@ -217,31 +217,56 @@ class ShadowBank:
     def derived(self, base: ModelRequest, label: Mapping[str, Any],
                 make: Callable[[nn.Module], nn.Module]) -> nn.Module:
         """A model derived from bank model ``base`` by ``make`` (given a private deep copy), cached under
-        ``base`` and ``label``; the result must keep the architecture and have finite weights."""
-        config = self._derived_config(base, label)
-        hit = self.cache.get(config)
-        if hit is not None:
-            try:
-                return self._strict(hit[0], f"cache entry {self.cache.path(config)}")
-            except CheckpointError:
-                pass  # a mismatched entry is rebuilt below
-        model = copy.deepcopy(self.models([base])[0])
-        start = time.perf_counter()
-        result = make(model)
-        seconds = time.perf_counter() - start
-        derived = self._validated(result, label)
-        self.cache.put(config, derived.state_dict(), {"derive_seconds": seconds, "base": self.model_config(base)})
-        return derived
+        ``base`` and ``label``; the result must keep the architecture and have finite weights. ``make`` runs in
+        this process (:meth:`derived_many` spreads portable jobs over the executor)."""
+        return self.derived_many([(base, label, lambda model, pool, device: make(model))])[0]
+
+    def derived_many(self, items: Sequence[tuple[ModelRequest, Mapping[str, Any], Callable[..., nn.Module]]]
+                     ) -> list[nn.Module]:
+        """The models derived from bank models, one per ``(base, label, make)`` item, cached under ``base`` and
+        ``label``. Cache misses are derived together by the bank's executor
+        (:meth:`muaudit.engine.SequentialExecutor.derive`): ``make(model, pool, device)`` gets a private copy of
+        the base model, and runs on a worker when it is portable (:class:`muaudit.runs.ShadowForgetting`), here
+        otherwise. Each result is checked (architecture, finite weights) before it is cached."""
+        configs = [self._derived_config(base, label) for base, label, _ in items]
+        found: dict[str, nn.Module] = {}
+        misses: dict[str, int] = {}
+        for i, config in enumerate(configs):
+            key = self.cache.key(config)
+            if key not in found and key not in misses:
+                model = self._load_derived(config)
+                if model is None:
+                    misses[key] = i
+                else:
+                    found[key] = model
+        if misses:  # another process may be deriving the same models: wait for it, then reuse its work
+            with entry_locks(self.cache.root, misses):
+                for key, i in list(misses.items()):
+                    model = self._load_derived(configs[i])
+                    if model is not None:
+                        found[key] = model
+                        del misses[key]
+                found.update(zip(misses, self._derive([items[i] for i in misses.values()])))
+        return [found[self.cache.key(config)] for config in configs]
 
     def derived_logits(self, base: ModelRequest, label: Mapping[str, Any], make: Callable[[nn.Module], nn.Module],
                        pool_indices: np.ndarray) -> torch.Tensor:
         """``(n, K)`` float32 CPU logits of :meth:`derived` on pool examples ``pool_indices`` (memoised)."""
+        return self.derived_logits_many([(base, label, lambda model, pool, device: make(model))], pool_indices)[0]
+
+    def derived_logits_many(self, items: Sequence[tuple[ModelRequest, Mapping[str, Any], Callable[..., nn.Module]]],
+                            pool_indices: np.ndarray) -> list[torch.Tensor]:
+        """``(n, K)`` float32 CPU logits of each of :meth:`derived_many`'s models on pool examples
+        ``pool_indices`` (memoised; the missing models derived together)."""
         indices = self._pool_indices(pool_indices)
-        key = (self.cache.key(self._derived_config(base, label)), _indices_sha256(indices))
-        if key not in self._logits:
-            model = self.derived(base, label, make)
-            self._logits[key] = predict_logits(model, self.pool.subset(indices), self.device)
-        return self._logits[key]
+        digest = _indices_sha256(indices)
+        keys = [(self.cache.key(self._derived_config(base, label)), digest) for base, label, _ in items]
+        todo = {k: item for k, item in zip(keys, items) if k not in self._logits}
+        if todo:
+            split = self.pool.subset(indices)
+            for key, model in zip(todo, self.derived_many(list(todo.values()))):
+                self._logits[key] = predict_logits(model, split, self.device)
+        return [self._logits[k] for k in keys]
 
     # ------------------------------------------------------------------------------------------ internals
     def _check_in_pool(self, requests: Sequence[ModelRequest]) -> None:
@@ -321,6 +346,32 @@ class ShadowBank:
                     "%.1f s", request.role, request.seed, own)
         return [model.to(self.device).eval() for model in models]
 
+    def _load_derived(self, config: dict[str, Any]) -> nn.Module | None:
+        hit = self.cache.get(config)
+        if hit is None:
+            return None
+        try:
+            return self._strict(hit[0], f"cache entry {self.cache.path(config)}")
+        except CheckpointError:
+            return None  # a mismatched entry is rebuilt
+
+    def _derive(self, items: Sequence[tuple[ModelRequest, Mapping[str, Any], Callable[..., nn.Module]]]
+                ) -> list[nn.Module]:
+        """Derive ``items`` (cache misses) through the executor, check each result and cache it."""
+        from muaudit.engine import DeriveRequest, _cpu_state
+
+        bases = self.models([base for base, _, _ in items])
+        requests = [DeriveRequest(f"deriving a model from the {base.role} model (seed {base.seed})",
+                                  _cpu_state(model), make) for (base, _, make), model in zip(items, bases)]
+        derived = []
+        for (base, label, _), trained in zip(items, self.executor.derive(self.task, self.data, self.pool, requests,
+                                                                          self.device)):
+            model = self._validated(trained.model if trained.model is not None else trained.state, label)
+            self.cache.put(self._derived_config(base, label), model.state_dict(),
+                           {"derive_seconds": trained.seconds, "base": self.model_config(base)})
+            derived.append(model)
+        return derived
+
     def _derived_config(self, base: ModelRequest, label: Mapping[str, Any]) -> dict[str, Any]:
         try:
             label_json = json.loads(json.dumps(dict(label), sort_keys=True))
@@ -332,9 +383,12 @@ class ShadowBank:
     def _validated(self, result: object, label: Mapping[str, Any]) -> nn.Module:
         """``result`` of a ``make`` as a fresh model of the task's architecture; a broken result is a plugin error."""
         what = f"derived model {json.dumps(dict(label), sort_keys=True)}"
-        if not isinstance(result, nn.Module):
+        if isinstance(result, dict):  # a state dict from a worker (which checked that it was a module's)
+            state = result
+        elif isinstance(result, nn.Module):
+            state = {k: v.detach().cpu() for k, v in result.state_dict().items()}
+        else:
             raise PluginValidationError(f"{what}: expected an nn.Module, got {type(result).__name__}")
-        state = {k: v.detach().cpu() for k, v in result.state_dict().items()}
         try:
             return self._strict(state, what)
         except CheckpointError as exc:

@@ -386,7 +386,11 @@ def _run_tuning(setup: Any, plugin: Any, params: dict[str, Any], space: Mapping[
                   for t in draw_proxy_tasks(setup.task, setup.data, n_proxies, seed)]
     golds_seconds = time.perf_counter() - start
     configs = [{}] + draw_configurations(space, budget, seed)
-    trials = [_trial(i, params, c, proxy_list, plugin, seed, sorted(space)) for i, c in enumerate(configs)]
+    trials_start = time.perf_counter()
+    runs = _method_runs(setup, plugin, params, configs, proxy_list, seed)
+    trials = [_trial(i, c, [per_proxy[i] for per_proxy in runs], proxy_list, sorted(space))
+              for i, c in enumerate(configs)]
+    trials_wall = time.perf_counter() - trials_start
     best = min(trials, key=lambda t: (t.score, t.index))
     if not math.isfinite(best.score):
         raise PluginValidationError(f"{plugin.spec.describe()} failed in every tuning configuration; first "
@@ -401,17 +405,18 @@ def _run_tuning(setup: Any, plugin: Any, params: dict[str, Any], space: Mapping[
         criterion=CRITERION, chosen={**params, **(best.params if best.index else {})}, chosen_index=best.index,
         default_score=trials[0].score, chosen_score=best.score, trials=tuple(trials),
         timings={"total_seconds": total, "proxy_golds_seconds": golds_seconds,
-                 "trials_seconds": float(sum(t.seconds for t in trials))},
+                 "trials_seconds": float(sum(t.seconds for t in trials)), "trials_wall_seconds": trials_wall},
         space={name: str(s) for name, (_, s) in sorted(space.items())})
 
 
 def _prepare_proxy(setup: Any, task: Task, gold_count: int) -> _Proxy:
     """The proxy's own audit set-up: the original (retrained only for label-flip), its own gold models."""
     from muaudit.audit import AuditSetup, train_golds, train_original
+    from muaudit.engine import executor_of
     from muaudit.shadows import ShadowBank
 
     bank = ShadowBank(task, setup.data, setup.cache, setup.device, progress=setup.progress,
-                      executor=getattr(setup._bank, "executor", None))  # the audit's executor trains the proxies' too
+                      executor=executor_of(setup))  # the audit's executor trains the proxies' too
     original = setup.original if task.poison_labels is None else train_original(bank).model
     proxy = AuditSetup(task, setup.data, original, dict(setup.original_source), [], setup.device, setup.cache,
                        setup.progress, _bank=bank)
@@ -446,18 +451,43 @@ def _readouts(setup: Any, model: Any) -> dict[str, float]:
             "test_error": R.error_percent(out.test_logits, out.test_labels), "attack_auc": float(auc)}
 
 
-def _trial(index: int, fixed: Mapping[str, Any], config: Mapping[str, Any], proxies: Sequence[_Proxy],
-           plugin: Any, seed: int, space_names: Sequence[str] = ()) -> Trial:
-    """Run one configuration on every proxy (common method seeds across configurations)."""
-    from muaudit.audit import run_method
+#: The errors that fail one configuration (scored infinity, recorded with the reason) instead of the tuning.
+TRIAL_ERRORS = (MuauditError, ArithmeticError, RuntimeError, ValueError)
+
+
+def _method_runs(setup: Any, plugin: Any, fixed: Mapping[str, Any], configs: Sequence[Mapping[str, Any]],
+                 proxies: Sequence[_Proxy], seed: int) -> list[list[Any]]:
+    """``runs[j][i]``: configuration i run on proxy j (common method seeds across configurations), through the
+    audit's executor (:meth:`muaudit.engine.SequentialExecutor.run_grid`), so a configuration's runs may happen
+    on other workers; a failed run is a :class:`~muaudit.engine.RunFailure` in its place."""
+    from muaudit.engine import executor_of
     from muaudit.training import derive_seed
+
+    executor = executor_of(setup)
+    return [executor.run_grid(proxy.setup, plugin, [({**fixed, **config}, derive_seed(seed, "method", j))
+                                                    for config in configs], keep=TRIAL_ERRORS)
+            for j, proxy in enumerate(proxies)]
+
+
+def _trial(index: int, config: Mapping[str, Any], runs: Sequence[Any], proxies: Sequence[_Proxy],
+           space_names: Sequence[str] = ()) -> Trial:
+    """Score one configuration from its run on every proxy. ``seconds`` is the configuration's own time: its
+    method runs as each measured itself (wherever it ran) plus its readouts here."""
+    from muaudit.engine import RunFailure
 
     start = time.perf_counter()
     readouts, scores, collapsed = [], [], []
-    config = dict(config)
+    config, own = dict(config), 0.0
+
+    def failed(reason: str) -> Trial:
+        return Trial(index, dict(config), index == 0, math.inf, tuple(readouts), tuple(collapsed),
+                     own + time.perf_counter() - start, reason)
+
     try:
-        for j, proxy in enumerate(proxies):
-            run = run_method(proxy.setup, plugin, {**fixed, **config}, derive_seed(seed, "method", j))
+        for run, proxy in zip(runs, proxies):
+            if isinstance(run, RunFailure):
+                return failed(run.reason)
+            own += run.seconds + run.stats_seconds
             if not config and index == 0:  # record what the default resolved to, for the table
                 config = {k: v for k, v in run.params.items() if k in space_names}
             values = _readouts(proxy.setup, run.model)
@@ -465,12 +495,10 @@ def _trial(index: int, fixed: Mapping[str, Any], config: Mapping[str, Any], prox
             readouts.append(values)
             scores.append(score)
             collapsed.append(fell)
-    except (MuauditError, ArithmeticError, RuntimeError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return Trial(index, dict(config), index == 0, math.inf, tuple(readouts), tuple(collapsed),
-                     time.perf_counter() - start, reason)
+    except TRIAL_ERRORS as exc:
+        return failed(RunFailure.of(exc).reason)
     return Trial(index, dict(config), index == 0, float(np.mean(scores)), tuple(readouts), tuple(collapsed),
-                 time.perf_counter() - start)
+                 own + time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------- caching

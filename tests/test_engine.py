@@ -357,3 +357,116 @@ def test_cli_method_seeds_on_workers_match_the_sequential_run(tmp_path):
                      "--cache-dir", str(tmp_path / "cache"), "--method-seeds", "3", *extra, "--out", str(out)]) == 0
         cards.append(json.loads((out / "scorecard.json").read_text())["method_seeds"])
     assert cards[0] == cards[1]
+
+
+# ----------------------------------------------------------------- private data, grids, derived models
+def _worker_holds_shared_tensors(_: int) -> bool:
+    from muaudit.engine import _WORKER
+
+    return bool(_WORKER["data"].train.x.is_shared() or _WORKER["pool"].x.is_shared())
+
+
+def test_process_workers_hold_a_private_copy_of_the_data(tmp_path, monkeypatch):
+    """Tensors passed as they are reach pool workers in shared memory, where training was measured 25-40% slower
+    (``muaudit.engine._private``); the workers must unpickle their own copy."""
+    import muaudit.engine as engine
+
+    task = NAMED_TASKS["digits"]
+    data = load_dataset("digits")
+    task = task.materialise(data)
+    jobs = [(_worker_holds_shared_tensors, (i,)) for i in range(2)]
+    assert ProcessExecutor(2)._run(task, data, torch.device("cpu"), jobs, ["probe", "probe"]) == [False, False]
+    monkeypatch.setattr(engine, "_private", lambda payload: payload)  # the regression this guards against
+    monkeypatch.setattr(engine, "_init_worker", _init_worker_unpickled)
+    assert ProcessExecutor(2)._run(task, data, torch.device("cpu"), jobs, ["probe", "probe"]) == [True, True]
+
+
+def _init_worker_unpickled(payload) -> None:
+    from muaudit.engine import _WORKER, training_pool
+
+    task, data, device = payload
+    _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data))
+
+
+def _finetune():
+    from muaudit.plugins import METHODS, load_by_name
+
+    return load_by_name(METHODS, "finetune")
+
+
+def test_a_run_grid_keeps_chosen_errors_in_place_and_raises_others(digits_setup):
+    from muaudit.engine import RunFailure
+    from muaudit.errors import ParameterError
+
+    jobs = [({"epochs": 1}, 3), ({"epochs": 1, "lr": -1.0}, 3), ({"epochs": 1, "lr": 0.05}, 4)]
+    here = SequentialExecutor().run_grid(digits_setup, _finetune(), jobs, keep=(ParameterError,))
+    spread = ProcessExecutor(2).run_grid(digits_setup, _finetune(), jobs, keep=(ParameterError,))
+    for runs in (here, spread):
+        assert isinstance(runs[1], RunFailure) and runs[1].kind == "ParameterError" and "lr" in runs[1].reason
+    assert _same_runs([here[0], here[2]], [spread[0], spread[2]])
+    with pytest.raises(ParameterError, match="lr"):
+        ProcessExecutor(2).run_grid(digits_setup, _finetune(), jobs)
+
+
+def test_tuning_is_the_same_on_worker_processes(tmp_path):
+    from muaudit.tune import tune
+
+    torch.set_num_threads(1)
+    results = []
+    for name, executor in (("a", SequentialExecutor()), ("b", ProcessExecutor(2))):
+        setup = prepare(NAMED_TASKS["digits"], gold_count=0, cache=TensorCache(tmp_path / name), executor=executor)
+        results.append(tune(setup, _finetune(), {"epochs": 1}, budget=3, proxies=1, proxy_golds=1).to_dict())
+    for result in results:
+        timings = result.pop("timings")
+        assert timings["trials_wall_seconds"] > 0
+        for trial in result["trials"]:
+            assert trial.pop("seconds") > 0
+    assert results[0] == results[1] and len(results[0]["trials"]) == 3
+
+
+class _CountingDerive(ProcessExecutor):
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.derived: list[bool] = []
+
+    def derive(self, task, data, pool, requests, device):
+        from muaudit.engine import _portable
+
+        self.derived += [_portable(requests)] * len(requests)
+        return super().derive(task, data, pool, requests, device)
+
+
+def _ulira_phi(setup) -> np.ndarray:
+    from muaudit.attacking import run_attack
+    from muaudit.plugins import ATTACKS, load_by_name
+    from muaudit.runs import run_method
+
+    run = run_method(setup, _finetune(), {"epochs": 1}, 5)
+    scores = run_attack(setup, load_by_name(ATTACKS, "ulira"), run, {"n_shadows": 4}).unlearned.scores
+    return np.concatenate([scores.members, scores.nonmembers])
+
+
+def test_ulira_unlearned_shadows_are_derived_on_workers_bit_identically(tmp_path):
+    torch.set_num_threads(1)
+    task = NAMED_TASKS["digits"]
+    here = prepare(task, gold_count=0, cache=TensorCache(tmp_path / "a"), executor=SequentialExecutor())
+    counting = _CountingDerive(2)
+    spread = prepare(task, gold_count=0, cache=TensorCache(tmp_path / "b"), executor=counting)
+    assert np.array_equal(_ulira_phi(here), _ulira_phi(spread))
+    assert counting.derived == [True] * 4  # the 4 unlearned shadows, portable, in one call
+    entries = {p.name for p in (tmp_path / "a").rglob("*.safetensors")}
+    assert entries == {p.name for p in (tmp_path / "b").rglob("*.safetensors")}  # the same cache entries
+
+
+def test_a_derived_model_from_a_closure_is_made_in_this_process(tmp_path):
+    bank = _bank(tmp_path, "c", ProcessExecutor(2), 32)
+    base = _shadow_requests(2)
+    pid = os.getpid()
+    seen = []
+
+    def make(model, pool, device):
+        seen.append(os.getpid())
+        return model
+
+    models = bank.derived_many([(r, {"n": i}, make) for i, r in enumerate(base)])
+    assert seen == [pid, pid] and len(models) == 2

@@ -154,8 +154,12 @@ def test_tuned_is_at_least_as_close_to_proxy_gold_as_the_default(original_only):
     result = T.tune(original_only, plugin, {}, budget=6, use_cache=False)
     proxies = [T._prepare_proxy(original_only, t, 2)
                for t in T.draw_proxy_tasks(original_only.task, original_only.data, 2, result.seed)]
-    chosen = T._trial(1, {}, result.chosen, proxies, plugin, result.seed)
-    default = T._trial(0, {}, {}, proxies, plugin, result.seed)
+
+    def rerun(index: int, config: dict) -> T.Trial:
+        runs = T._method_runs(original_only, plugin, {}, [config], proxies, result.seed)
+        return T._trial(index, config, [per_proxy[0] for per_proxy in runs], proxies)
+
+    chosen, default = rerun(1, result.chosen), rerun(0, {})
     assert chosen.score <= default.score
     assert chosen.score == pytest.approx(result.chosen_score) and default.score == pytest.approx(result.default_score)
     assert result.trials[0].is_default and result.trials[0].params  # the default's resolved values are recorded

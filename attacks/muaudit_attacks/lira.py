@@ -182,16 +182,14 @@ class ULiRAAttack(_LiRABase):
 
     @staticmethod
     def _unlearned_phi(halves: _ShadowHalves, unlearner: Any) -> np.ndarray:
-        bank, rows = halves.bank, []
+        """Each shadow unlearned by the audited method (its IN candidates as its forget set), all missing ones
+        together through the bank's executor, and their phi on the candidates."""
+        bank, items = halves.bank, []
         bank.models(halves.requests)  # train every missing shadow at once (vectorised where possible)
         for m, request in enumerate(halves.requests):
             forget_idx = halves.candidates[halves.keep[m]]
-
-            def make(model: torch.nn.Module, req=request, forget=forget_idx) -> torch.nn.Module:
-                return unlearner.unlearn(model, bank.pool, req.indices, forget, req.seed)
-
             label = {"unlearned_by": unlearner.label, "forget_count": len(forget_idx),
                      "forget_sha256": hashlib.sha256(np.asarray(forget_idx, np.int64).tobytes()).hexdigest()}
-            logits = bank.derived_logits(request, label, make, halves.candidates)
-            rows.append(logit_scaled_confidence(logits, halves.labels()))
-        return np.stack(rows)
+            items.append((request, label, unlearner.job(request.indices, forget_idx, request.seed)))
+        logits = bank.derived_logits_many(items, halves.candidates)
+        return np.stack([logit_scaled_confidence(row, halves.labels()) for row in logits])
