@@ -26,8 +26,9 @@ in the driver. :meth:`run_grid` is the general form (any ``(params, seed)`` jobs
 as :class:`RunFailure` values instead of stopping the others): tuning runs its configurations through it.
 
 Derived models (:meth:`derive`): U-LiRA's unlearned shadows (the audited method applied to each shadow) are
-derived from trained shadows by a picklable ``make`` (:class:`muaudit.runs.ShadowForgetting`) on the workers; the
-driver validates and caches them as it does trained models.
+derived from trained shadows by a portable ``make`` (:class:`muaudit.runs.ShadowUnlearner`), sent to each worker
+once, with each shadow's indices as the job's arguments; the driver validates and caches the results as it does
+trained models.
 
 Failures: a process worker that dies (killed, out of memory) breaks its pool, and the run fails with one clear
 error naming the model; a Ray worker that dies is retried (``retries`` times, Ray's own task retry) and the run
@@ -219,31 +220,39 @@ def _in_driver(result: Any, setup: Any, plugin: Any) -> Any:
 
 @dataclass(frozen=True)
 class DeriveRequest:
-    """One model derived from a trained one (U-LiRA's unlearned shadows): ``subject`` names it in errors, ``base``
-    is the trained model's CPU state dict and ``make(model, pool, device)`` returns the derived model from a
-    private copy of it, with the worker's training pool. A ``make`` whose ``portable`` attribute is not True (a
-    closure, a class a worker cannot import) is run in this process whatever the executor."""
+    """One model derived from a trained one by the call's ``make`` (U-LiRA's unlearned shadows): ``subject``
+    names it in errors, ``base`` is the trained model's CPU state dict, ``args`` the request's own arguments.
+
+    ``make(model, pool, device, *args)`` returns the derived model from a private copy of the base model, with
+    the worker's training pool and device. It goes to each worker once per call (not once per model); a ``make``
+    whose ``portable`` attribute is not True (a closure, a class a worker cannot import) runs in this process
+    whatever the executor."""
 
     subject: str
     base: dict[str, torch.Tensor]
-    make: Callable[[torch.nn.Module, Split, torch.device], torch.nn.Module]
+    args: tuple[Any, ...] = ()
 
 
-def derive_one(task: Task, data: DataBundle, pool: Split, request: DeriveRequest, device: torch.device) -> Trained:
+Make = Callable[..., torch.nn.Module]
+
+
+def derive_one(task: Task, data: DataBundle, pool: Split, make: Make, request: DeriveRequest,
+               device: torch.device) -> Trained:
     """``request``'s derived model and the time ``make`` took."""
     from muaudit.checkpoint import load_into
     from muaudit.training import fresh_model
 
     model = load_into(fresh_model(task, data, 0), request.base, request.subject).to(device)
     start = time.perf_counter()
-    derived = request.make(model, pool, device)
+    derived = make(model, pool, device, *request.args)
     if not isinstance(derived, torch.nn.Module):
         raise PluginValidationError(f"{request.subject}: expected an nn.Module, got {type(derived).__name__}")
     return Trained(derived.state_dict(), time.perf_counter() - start, derived)
 
 
-def _portable(requests: Sequence[DeriveRequest]) -> bool:
-    return all(getattr(r.make, "portable", False) is True for r in requests)
+def portable(make: Make) -> bool:
+    """Whether ``make`` declares that a worker can run it (its ``portable`` attribute is True)."""
+    return getattr(make, "portable", False) is True
 
 
 def importable(cls: type) -> bool:
@@ -289,10 +298,10 @@ class SequentialExecutor:
         is returned as a :class:`RunFailure` in the job's place, any other is raised."""
         return [_run_kept(setup, plugin, dict(params), seed, keep) for params, seed in jobs]
 
-    def derive(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[DeriveRequest],
+    def derive(self, task: Task, data: DataBundle, pool: Split, make: Make, requests: Sequence[DeriveRequest],
                device: torch.device) -> list[Trained]:
-        """Each request's derived model (:class:`DeriveRequest`), in this process."""
-        return [derive_one(task, data, pool, r, device) for r in requests]
+        """Each request's model derived by ``make`` (:class:`DeriveRequest`), in this process."""
+        return [derive_one(task, data, pool, make, r, device) for r in requests]
 
 
 class ProcessExecutor:
@@ -337,22 +346,22 @@ class ProcessExecutor:
             outcomes = [_process_result(f, _running(plugin, seed)) for f, (_, seed) in zip(futures, jobs)]
         return [_in_driver(outcome, setup, plugin) for outcome in outcomes]
 
-    def derive(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[DeriveRequest],
+    def derive(self, task: Task, data: DataBundle, pool: Split, make: Make, requests: Sequence[DeriveRequest],
                device: torch.device) -> list[Trained]:
-        """:meth:`SequentialExecutor.derive`, one model per worker process at a time (in this process when a
+        """:meth:`SequentialExecutor.derive`, one model per worker process at a time (in this process when
         ``make`` is not portable)."""
-        if len(requests) <= 1 or self.workers == 1 or not _portable(requests):
-            return SequentialExecutor().derive(task, data, pool, requests, device)
+        if len(requests) <= 1 or self.workers == 1 or not portable(make):
+            return SequentialExecutor().derive(task, data, pool, make, requests, device)
         jobs = [(_process_derive, (r,)) for r in requests]
-        return self._run(task, data, device, jobs, [r.subject for r in requests])
+        return self._run(task, data, device, jobs, [r.subject for r in requests], make)
 
     def _run(self, task: Task, data: DataBundle, device: torch.device, jobs: list[tuple[Callable, tuple]],
-             subjects: list[str]) -> list[Any]:
+             subjects: list[str], make: Make | None = None) -> list[Any]:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                                 initargs=(_private((task, data, str(device))),)) as executor:
+                                 initargs=(_private((task, data, str(device), make)),)) as executor:
             futures = [executor.submit(fn, *args) for fn, args in jobs]
             return [_process_result(f, subject) for f, subject in zip(futures, subjects)]
 
@@ -393,10 +402,11 @@ def _private(payload: Any) -> bytes:
 
 
 def _init_worker(payload: bytes) -> None:
-    """Once per worker process: one torch thread, the task, its data and the training pool."""
+    """Once per worker process: one torch thread, the task, its data, the training pool (and a derive call's
+    ``make``)."""
     torch.set_num_threads(1)
-    task, data, device = pickle.loads(payload)
-    _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data))
+    task, data, device, make = pickle.loads(payload)
+    _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data), make=make)
 
 
 def _process_one(indices: np.ndarray, seed: int) -> Trained:
@@ -419,7 +429,7 @@ def _process_method(plugin: Any, params: dict[str, Any], seed: int, keep: tuple[
 
 
 def _process_derive(request: DeriveRequest) -> Trained:
-    t = derive_one(_WORKER["task"], _WORKER["data"], _WORKER["pool"], request, _WORKER["device"])
+    t = derive_one(_WORKER["task"], _WORKER["data"], _WORKER["pool"], _WORKER["make"], request, _WORKER["device"])
     return Trained(_cpu_state(t.model), t.seconds)
 
 
@@ -506,13 +516,13 @@ class RayExecutor:
             payload, plugin, dict(params), seed, self._threads, keep)) for params, seed in jobs])
         return [_in_driver(outcome, setup, plugin) for outcome in outcomes]
 
-    def derive(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[DeriveRequest],
+    def derive(self, task: Task, data: DataBundle, pool: Split, make: Make, requests: Sequence[DeriveRequest],
                device: torch.device) -> list[Trained]:
-        """:meth:`SequentialExecutor.derive` as Ray tasks (in this process when a ``make`` is not portable)."""
-        if not requests or not _portable(requests):
-            return SequentialExecutor().derive(task, data, pool, requests, device)
+        """:meth:`SequentialExecutor.derive` as Ray tasks (in this process when ``make`` is not portable)."""
+        if not requests or not portable(make):
+            return SequentialExecutor().derive(task, data, pool, make, requests, device)
         self.connect()
-        payload = self.ray.put((task, data))
+        payload = self.ray.put((task, data, make))
         remote = self._options(self.ray.remote(_ray_derive))
         states = self._submit([(r.subject, lambda r=r: remote.remote(payload, r, self._device, self._threads))
                                for r in requests])
@@ -593,13 +603,13 @@ def _ray_method(payload: MethodSetup, plugin: Any, params: dict[str, Any], seed:
     return [_outcome(_run_kept(setup, plugin, params, seed, keep))]
 
 
-def _ray_derive(payload: tuple[Task, DataBundle], request: DeriveRequest, device: str, threads: int
+def _ray_derive(payload: tuple[Task, DataBundle, Make], request: DeriveRequest, device: str, threads: int
                 ) -> list[tuple[dict[str, torch.Tensor], float]]:
-    """A Ray task: one derived model, from the task and data in the object store."""
+    """A Ray task: one derived model, from the task, data and ``make`` in the object store."""
     torch.set_num_threads(threads)
-    task, data = payload
+    task, data, make = payload
     where = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
-    t = derive_one(task, data, training_pool(task, data), request, where)
+    t = derive_one(task, data, training_pool(task, data), make, request, where)
     return [(_cpu_state(t.model), t.seconds)]
 
 

@@ -216,11 +216,20 @@ class ShadowUnlearner:
         self.label = {"method": plugin.spec.qualified_name, "version": plugin.spec.version,
                       "params": method.hparams.as_dict(), "seed": seed}
 
-    def job(self, train_idx: np.ndarray, forget_idx: np.ndarray, shadow_seed: int) -> "ShadowForgetting":
-        """:meth:`unlearn` of one shadow as a picklable job for the bank's executor
-        (:meth:`muaudit.shadows.ShadowBank.derived_many`)."""
-        return ShadowForgetting(self, np.array(train_idx, dtype=np.int64), np.array(forget_idx, dtype=np.int64),
-                                int(shadow_seed))
+    @property
+    def portable(self) -> bool:
+        """Whether the bank's executor may run this unlearner on its workers (it can import the method's class):
+        it is then the ``make`` of :meth:`muaudit.shadows.ShadowBank.derived_many`, sent to each worker once."""
+        from muaudit.engine import importable
+
+        return importable(self.plugin.cls)
+
+    def __call__(self, model: nn.Module, pool: Split, device: torch.device, train_idx: np.ndarray,
+                 forget_idx: np.ndarray, shadow_seed: int) -> nn.Module:
+        """:meth:`unlearn` on ``device`` (a worker's): the ``make(model, pool, device, *args)`` of a derive job.
+        On a worker the method sees exactly what it sees here (the pool is the same training pool, rebuilt from
+        the task and data)."""
+        return self.on(device).unlearn(model, pool, train_idx, forget_idx, shadow_seed)
 
     def on(self, device: torch.device) -> "ShadowUnlearner":
         """This unlearner running on ``device`` (a worker's), all else the same."""
@@ -252,24 +261,3 @@ class ShadowUnlearner:
         _check_result(self.plugin, model, result)
         return result.eval()
 
-
-@dataclass(frozen=True)
-class ShadowForgetting:
-    """One shadow unlearned by the audited method (U-LiRA), as a job a worker can run: ``make(model, pool,
-    device)`` of :class:`muaudit.engine.DeriveRequest`. It is portable (runs on the executor's workers) when a
-    worker can import the method's class; the method then sees exactly what :meth:`ShadowUnlearner.unlearn` gives
-    it in this process (the worker's pool is the same training pool, rebuilt from the task and data)."""
-
-    unlearner: ShadowUnlearner
-    train_idx: np.ndarray
-    forget_idx: np.ndarray
-    shadow_seed: int
-
-    @property
-    def portable(self) -> bool:
-        from muaudit.engine import importable
-
-        return importable(self.unlearner.plugin.cls)
-
-    def __call__(self, model: nn.Module, pool: Split, device: torch.device) -> nn.Module:
-        return self.unlearner.on(device).unlearn(model, pool, self.train_idx, self.forget_idx, self.shadow_seed)

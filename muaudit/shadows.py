@@ -219,15 +219,15 @@ class ShadowBank:
         """A model derived from bank model ``base`` by ``make`` (given a private deep copy), cached under
         ``base`` and ``label``; the result must keep the architecture and have finite weights. ``make`` runs in
         this process (:meth:`derived_many` spreads portable jobs over the executor)."""
-        return self.derived_many([(base, label, lambda model, pool, device: make(model))])[0]
+        return self.derived_many(lambda model, pool, device: make(model), [(base, label, ())])[0]
 
-    def derived_many(self, items: Sequence[tuple[ModelRequest, Mapping[str, Any], Callable[..., nn.Module]]]
-                     ) -> list[nn.Module]:
-        """The models derived from bank models, one per ``(base, label, make)`` item, cached under ``base`` and
-        ``label``. Cache misses are derived together by the bank's executor
-        (:meth:`muaudit.engine.SequentialExecutor.derive`): ``make(model, pool, device)`` gets a private copy of
-        the base model, and runs on a worker when it is portable (:class:`muaudit.runs.ShadowForgetting`), here
-        otherwise. Each result is checked (architecture, finite weights) before it is cached."""
+    def derived_many(self, make: Callable[..., nn.Module],
+                     items: Sequence[tuple[ModelRequest, Mapping[str, Any], tuple[Any, ...]]]) -> list[nn.Module]:
+        """The models derived from bank models by ``make``, one per ``(base, label, args)`` item, cached under
+        ``base`` and ``label``. Cache misses are derived together by the bank's executor
+        (:meth:`muaudit.engine.SequentialExecutor.derive`): ``make(model, pool, device, *args)`` gets a private
+        copy of the base model, and runs on the workers when it is portable (:class:`muaudit.runs.ShadowUnlearner`),
+        here otherwise. Each result is checked (architecture, finite weights) before it is cached."""
         configs = [self._derived_config(base, label) for base, label, _ in items]
         found: dict[str, nn.Module] = {}
         misses: dict[str, int] = {}
@@ -246,15 +246,16 @@ class ShadowBank:
                     if model is not None:
                         found[key] = model
                         del misses[key]
-                found.update(zip(misses, self._derive([items[i] for i in misses.values()])))
+                found.update(zip(misses, self._derive(make, [items[i] for i in misses.values()])))
         return [found[self.cache.key(config)] for config in configs]
 
     def derived_logits(self, base: ModelRequest, label: Mapping[str, Any], make: Callable[[nn.Module], nn.Module],
                        pool_indices: np.ndarray) -> torch.Tensor:
         """``(n, K)`` float32 CPU logits of :meth:`derived` on pool examples ``pool_indices`` (memoised)."""
-        return self.derived_logits_many([(base, label, lambda model, pool, device: make(model))], pool_indices)[0]
+        return self.derived_logits_many(lambda model, pool, device: make(model), [(base, label, ())], pool_indices)[0]
 
-    def derived_logits_many(self, items: Sequence[tuple[ModelRequest, Mapping[str, Any], Callable[..., nn.Module]]],
+    def derived_logits_many(self, make: Callable[..., nn.Module],
+                            items: Sequence[tuple[ModelRequest, Mapping[str, Any], tuple[Any, ...]]],
                             pool_indices: np.ndarray) -> list[torch.Tensor]:
         """``(n, K)`` float32 CPU logits of each of :meth:`derived_many`'s models on pool examples
         ``pool_indices`` (memoised; the missing models derived together)."""
@@ -264,7 +265,7 @@ class ShadowBank:
         todo = {k: item for k, item in zip(keys, items) if k not in self._logits}
         if todo:
             split = self.pool.subset(indices)
-            for key, model in zip(todo, self.derived_many(list(todo.values()))):
+            for key, model in zip(todo, self.derived_many(make, list(todo.values()))):
                 self._logits[key] = predict_logits(model, split, self.device)
         return [self._logits[k] for k in keys]
 
@@ -355,17 +356,17 @@ class ShadowBank:
         except CheckpointError:
             return None  # a mismatched entry is rebuilt
 
-    def _derive(self, items: Sequence[tuple[ModelRequest, Mapping[str, Any], Callable[..., nn.Module]]]
-                ) -> list[nn.Module]:
+    def _derive(self, make: Callable[..., nn.Module],
+                items: Sequence[tuple[ModelRequest, Mapping[str, Any], tuple[Any, ...]]]) -> list[nn.Module]:
         """Derive ``items`` (cache misses) through the executor, check each result and cache it."""
         from muaudit.engine import DeriveRequest, _cpu_state
 
         bases = self.models([base for base, _, _ in items])
         requests = [DeriveRequest(f"deriving a model from the {base.role} model (seed {base.seed})",
-                                  _cpu_state(model), make) for (base, _, make), model in zip(items, bases)]
+                                  _cpu_state(model), tuple(args)) for (base, _, args), model in zip(items, bases)]
+        trained_models = self.executor.derive(self.task, self.data, self.pool, make, requests, self.device)
         derived = []
-        for (base, label, _), trained in zip(items, self.executor.derive(self.task, self.data, self.pool, requests,
-                                                                          self.device)):
+        for (base, label, _), trained in zip(items, trained_models):
             model = self._validated(trained.model if trained.model is not None else trained.state, label)
             self.cache.put(self._derived_config(base, label), model.state_dict(),
                            {"derive_seconds": trained.seconds, "base": self.model_config(base)})

@@ -26,6 +26,11 @@ retrained model, so the comparison measures the tuning as much as the method. mu
    proxies; the lowest wins, ties go to the earlier configuration (the default first), and a configuration
    whose run fails (an exception, non-finite weights) scores infinity and is recorded with its reason.
 
+The method runs (every configuration on every proxy) go through the audit's executor (:mod:`muaudit.engine`), so
+they spread over worker processes or Ray like the models; the results are the same as in one process. Timings:
+``trials_seconds`` sums each configuration's own time (its runs as they measured themselves, wherever they ran,
+plus its readouts), ``trials_wall_seconds`` is the wall time of the whole search.
+
 The result (:class:`TuneResult`: chosen parameters, the whole table, budget, proxies, timings) is cached
 under the model cache by its configuration, so ``score --tuned`` and ``compare --tune N`` reuse it.
 """

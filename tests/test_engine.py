@@ -384,7 +384,7 @@ def test_process_workers_hold_a_private_copy_of_the_data(tmp_path, monkeypatch):
 def _init_worker_unpickled(payload) -> None:
     from muaudit.engine import _WORKER, training_pool
 
-    task, data, device = payload
+    task, data, device, _ = payload
     _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data))
 
 
@@ -429,11 +429,11 @@ class _CountingDerive(ProcessExecutor):
         super().__init__(workers)
         self.derived: list[bool] = []
 
-    def derive(self, task, data, pool, requests, device):
-        from muaudit.engine import _portable
+    def derive(self, task, data, pool, make, requests, device):
+        from muaudit.engine import portable
 
-        self.derived += [_portable(requests)] * len(requests)
-        return super().derive(task, data, pool, requests, device)
+        self.derived += [portable(make)] * len(requests)
+        return super().derive(task, data, pool, make, requests, device)
 
 
 def _ulira_phi(setup) -> np.ndarray:
@@ -464,9 +464,20 @@ def test_a_derived_model_from_a_closure_is_made_in_this_process(tmp_path):
     pid = os.getpid()
     seen = []
 
-    def make(model, pool, device):
+    def make(model, pool, device, scale):
         seen.append(os.getpid())
+        with torch.no_grad():
+            next(model.parameters()).mul_(scale)
         return model
 
-    models = bank.derived_many([(r, {"n": i}, make) for i, r in enumerate(base)])
+    models = bank.derived_many(make, [(r, {"n": i}, (0.5 * i,)) for i, r in enumerate(base)])
     assert seen == [pid, pid] and len(models) == 2
+    assert not next(models[0].parameters()).any() and next(models[1].parameters()).any()  # each got its own args
+
+
+def test_ulira_unlearned_shadows_on_ray_are_bit_identical(local_ray, tmp_path):
+    torch.set_num_threads(1)
+    task = NAMED_TASKS["digits"]
+    here = prepare(task, gold_count=0, cache=TensorCache(tmp_path / "a"), executor=SequentialExecutor())
+    spread = prepare(task, gold_count=0, cache=TensorCache(tmp_path / "b"), executor=local_ray)
+    assert np.array_equal(_ulira_phi(here), _ulira_phi(spread))

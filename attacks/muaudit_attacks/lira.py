@@ -190,6 +190,6 @@ class ULiRAAttack(_LiRABase):
             forget_idx = halves.candidates[halves.keep[m]]
             label = {"unlearned_by": unlearner.label, "forget_count": len(forget_idx),
                      "forget_sha256": hashlib.sha256(np.asarray(forget_idx, np.int64).tobytes()).hexdigest()}
-            items.append((request, label, unlearner.job(request.indices, forget_idx, request.seed)))
-        logits = bank.derived_logits_many(items, halves.candidates)
+            items.append((request, label, (request.indices, forget_idx, request.seed)))
+        logits = bank.derived_logits_many(unlearner, items, halves.candidates)
         return np.stack([logit_scaled_confidence(row, halves.labels()) for row in logits])
