@@ -40,10 +40,12 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -305,19 +307,29 @@ class SequentialExecutor:
 
 
 class ProcessExecutor:
-    """Train on ``workers`` local processes, one torch thread each (module docstring)."""
+    """Train on ``workers`` local processes, one torch thread each (module docstring).
+
+    The pool persists across calls (started on first use, closed by :meth:`close`, at exit, or when a worker
+    dies), so the workers start, import torch and warm up once per command, not once per call: tuning, golds then
+    shadows then unlearned shadows are many calls. Each call's payload (task and data, or a method's set-up)
+    goes to the workers once, through a file the driver writes (:func:`_private`); a worker loads it on its first
+    job of the call and keeps it for the call's other jobs.
+    """
 
     name = "processes"
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = _worker_count(workers)
+        self._pool: ProcessPoolExecutor | None = None
+        self._spool: tempfile.TemporaryDirectory[str] | None = None
+        self._calls = 0
 
     def train(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[TrainRequest],
               device: torch.device, progress: bool = False) -> list[Trained]:
         if len(requests) <= 1 or self.workers == 1:
             return SequentialExecutor().train(task, data, pool, requests, device, progress)
         jobs = [(_process_one, (r.indices, r.seed)) for r in requests]
-        return self._run(task, data, device, jobs, [_training(r) for r in requests])
+        return self._run(("train", (task, data, str(device), None)), jobs, [_training(r) for r in requests])
 
     def train_vectorised(self, task: Task, data: DataBundle, pool: Split, requests: Sequence[TrainRequest],
                          device: torch.device, chunk: int, progress: bool = False) -> list[Trained]:
@@ -325,7 +337,8 @@ class ProcessExecutor:
         if len(chunks) <= 1 or self.workers == 1:
             return SequentialExecutor().train_vectorised(task, data, pool, requests, device, chunk, progress)
         jobs = [(_process_chunk, ([r.indices for r in c], [r.seed for r in c], chunk)) for c in chunks]
-        return _flatten(self._run(task, data, device, jobs, [_training(c[0]) for c in chunks]))
+        return _flatten(self._run(("train", (task, data, str(device), None)), jobs,
+                                  [_training(c[0]) for c in chunks]))
 
     def run_methods(self, setup: Any, plugin: Any, params: dict[str, Any], seeds: Sequence[int]) -> list[Any]:
         """The method run once per seed, one run per worker process (in this process when its class cannot be
@@ -337,13 +350,8 @@ class ProcessExecutor:
         """:meth:`SequentialExecutor.run_grid`, one run per worker process at a time."""
         if len(jobs) <= 1 or self.workers == 1 or not importable(plugin.cls):
             return SequentialExecutor().run_grid(setup, plugin, jobs, keep)
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=_init_method_worker,
-                                 initargs=(_private(MethodSetup.of(setup)),)) as executor:
-            futures = [executor.submit(_process_method, plugin, dict(params), seed, keep) for params, seed in jobs]
-            outcomes = [_process_result(f, _running(plugin, seed)) for f, (_, seed) in zip(futures, jobs)]
+        calls = [(_process_method, (plugin, dict(params), seed, keep)) for params, seed in jobs]
+        outcomes = self._run(("method", MethodSetup.of(setup)), calls, [_running(plugin, seed) for _, seed in jobs])
         return [_in_driver(outcome, setup, plugin) for outcome in outcomes]
 
     def derive(self, task: Task, data: DataBundle, pool: Split, make: Make, requests: Sequence[DeriveRequest],
@@ -353,24 +361,58 @@ class ProcessExecutor:
         if len(requests) <= 1 or self.workers == 1 or not portable(make):
             return SequentialExecutor().derive(task, data, pool, make, requests, device)
         jobs = [(_process_derive, (r,)) for r in requests]
-        return self._run(task, data, device, jobs, [r.subject for r in requests], make)
+        return self._run(("train", (task, data, str(device), make)), jobs, [r.subject for r in requests])
 
-    def _run(self, task: Task, data: DataBundle, device: torch.device, jobs: list[tuple[Callable, tuple]],
-             subjects: list[str], make: Make | None = None) -> list[Any]:
-        import multiprocessing
+    def close(self) -> None:
+        """Stop the workers and remove the payload files (the next call starts a new pool)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.cleanup()
 
-        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                                 initargs=(_private((task, data, str(device), make)),)) as executor:
-            futures = [executor.submit(fn, *args) for fn, args in jobs]
-            return [_process_result(f, subject) for f, subject in zip(futures, subjects)]
+    def __enter__(self) -> "ProcessExecutor":
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-def _process_result(future: Any, subject: str) -> Any:
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise _died(subject, "a worker died") from None
+    def _executor(self) -> tuple[ProcessPoolExecutor, Path]:
+        """The pool (started here on first use) and the folder of its payload files."""
+        if self._pool is None or self._spool is None:
+            import multiprocessing
+
+            self.close()
+            context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
+            self._spool = tempfile.TemporaryDirectory(prefix="muaudit-workers-")
+        return self._pool, Path(self._spool.name)
+
+    def _run(self, payload: tuple[str, Any], jobs: list[tuple[Callable, tuple]], subjects: list[str]) -> list[Any]:
+        """Run ``jobs`` on the pool, each after its worker has loaded this call's ``payload``. A dead worker breaks
+        the pool: it is closed (the next call starts a new one) and the run fails naming the job."""
+        executor, spool = self._executor()
+        self._calls += 1
+        path = spool / f"call-{self._calls}.pkl"
+        path.write_bytes(_private(payload))
+        futures: list[Any] = []
+        try:
+            futures = [executor.submit(_with_payload, str(path), fn, args) for fn, args in jobs]
+            results = []
+            for future, subject in zip(futures, subjects):
+                try:
+                    results.append(future.result())
+                except BrokenProcessPool:
+                    self.close()
+                    raise _died(subject, "a worker died") from None
+            return results
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def _training(request: TrainRequest) -> str:
@@ -396,17 +438,29 @@ def _private(payload: Any) -> bytes:
     them into shared memory; measured on this project's 2-core machine (Fashion-MNIST CNN, 2 epochs, 2 workers),
     models trained 5.0-6.0 s each in workers holding shared-memory data and 3.6-3.9 s in workers holding a private
     copy, the same as in a process of their own (``reports/engine/cpu.md``). The copy costs one unpickling per
-    worker (the data once, not once per model).
+    worker and call (the data once, not once per model).
     """
     return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _init_worker(payload: bytes) -> None:
-    """Once per worker process: one torch thread, the task, its data, the training pool (and a derive call's
-    ``make``)."""
+def _init_worker() -> None:
+    """Once per worker process: one torch thread."""
     torch.set_num_threads(1)
-    task, data, device, make = pickle.loads(payload)
-    _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data), make=make)
+
+
+def _with_payload(path: str, fn: Callable, args: tuple) -> Any:
+    """``fn(*args)`` after loading the call's payload from ``path``, unless this worker already holds it."""
+    if _WORKER.get("payload") != path:
+        _WORKER.clear()
+        kind, payload = pickle.loads(Path(path).read_bytes())
+        if kind == "method":
+            _WORKER["setup"] = payload.rebuild()
+        else:
+            task, data, device, make = payload
+            _WORKER.update(task=task, data=data, device=torch.device(device), pool=training_pool(task, data),
+                           make=make)
+        _WORKER["payload"] = path
+    return fn(*args)
 
 
 def _process_one(indices: np.ndarray, seed: int) -> Trained:
@@ -417,11 +471,6 @@ def _process_one(indices: np.ndarray, seed: int) -> Trained:
 def _process_chunk(indices: list[np.ndarray], seeds: list[int], chunk: int) -> list[Trained]:
     out = train_chunk(_WORKER["task"], _WORKER["data"], _WORKER["pool"], indices, seeds, _WORKER["device"], chunk)
     return [Trained(_cpu_state(t.model), t.seconds) for t in out]
-
-
-def _init_method_worker(payload: bytes) -> None:
-    torch.set_num_threads(1)
-    _WORKER["setup"] = pickle.loads(payload).rebuild()
 
 
 def _process_method(plugin: Any, params: dict[str, Any], seed: int, keep: tuple[type[BaseException], ...]) -> Any:

@@ -5,9 +5,11 @@ fresh caches:
 
 1. a 16-model CNN shadow bank on Fashion-MNIST (the ``fashion-mnist-random`` task's data, 10,000-image subset and
    ``cnn``; random halves of the training pool; the recipe cut to ``--cnn-epochs`` epochs so the run takes
-   minutes: per-model time scales with epochs, the ratios barely do), trained by the sequential executor, by 2
-   worker processes and by a local Ray with 2 CPUs. It reports the speed-ups, Ray's fixed overhead (start-up, and
-   the rest of its extra time over the process pool) and whether the three banks are bit-identical.
+   minutes: per-model time scales with epochs, the fixed costs do not), trained by the sequential executor, by 2
+   worker processes (a new pool: the first call of a command, worker start, imports and warm-up included; then
+   the same pool again into a fresh cache: a command's later calls) and by a local Ray with 2 CPUs. It reports
+   the speed-ups, Ray's fixed overhead (start-up, and the rest of its extra time over the process pool) and
+   whether the banks are bit-identical.
 2. a 64-model digits MLP bank trained with vmap in chunks of 32: the chunks in this process, then one chunk per
    worker (processes, Ray), against one-by-one training of a sample of the same models.
 3. the time of one SGD step of the zoo's ``resnet18`` on a CIFAR-10-shaped batch (128 x 3 x 32 x 32, one thread),
@@ -47,6 +49,7 @@ from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import NAMED_TASKS, ModelSpec, Task
 
 OUT = Path(__file__).resolve().parents[1] / "engine"
+ROW_NAMES = {"processes": "processes (new pool)", "processes_warm": "processes (warm pool)"}
 
 
 def log(message: str) -> None:
@@ -120,8 +123,11 @@ def executors_on(task: Task, data: Any, requests: list[ModelRequest], workers: i
         log(f"round {round_ + 1}/{rounds}: sequential, {len(requests)} {label} in this process")
         runs["sequential"] = timed_bank(task, data, requests, SequentialExecutor(), device, vectorise, chunk)
         if device.type == "cpu":
-            log(f"processes: {workers} workers")
-            runs["processes"] = timed_bank(task, data, requests, ProcessExecutor(workers), device, vectorise, chunk)
+            log(f"processes: {workers} workers, a new pool")
+            with ProcessExecutor(workers) as pool:
+                runs["processes"] = timed_bank(task, data, requests, pool, device, vectorise, chunk)
+                log("processes: the same pool again (warm workers), a fresh cache")
+                runs["processes_warm"] = timed_bank(task, data, requests, pool, device, vectorise, chunk)
         ray, start_up = ray_start(workers, ray_gpus)
         start_ups.append(start_up)
         log(f"ray: started in {start_up:.1f} s; {workers} workers")
@@ -201,7 +207,7 @@ def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
     mlp["seconds_per_model_one_by_one"] = one_by_one(mtask, mdata, requests[:8], cpu)
     mlp["vmap_speedup_over_one_by_one"] = {
         name: mlp["seconds_per_model_one_by_one"] / (mlp[name]["seconds"] / (args.mlp_models * args.rounds))
-        for name in ("sequential", "processes", "ray")}
+        for name in ("sequential", "processes", "processes_warm", "ray")}
     log("ResNet-18 step (CIFAR-10 shape, one thread)")
     return {"cnn_bank": cnn, "mlp_bank": mlp, "resnet18_cifar10": resnet18_step(cpu)}
 
@@ -241,7 +247,7 @@ def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
                   "processes, Ray, times summed over rounds.", "",
                   "| executor | wall s | speed-up vs sequential | own s per model | ceiling | bit-identical |",
                   "|---|---|---|---|---|---|"]
-        for name in ("sequential", "processes", "ray", "vmap_cuda"):
+        for name in ("sequential", "processes", "processes_warm", "ray", "vmap_cuda"):
             if name in bank and "seconds" in bank[name]:
                 row = bank[name]
                 same = row.get("identical_to_sequential")
@@ -249,8 +255,12 @@ def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
                 own_text = "-" if own is None else f"{own:.2f}"
                 ceiling_text = "-" if ceiling is None else f"{ceiling:.2f}x"
                 same_text = "-" if same is None else "yes" if same else "no"
-                lines.append(f"| {name} | {row['seconds']:.1f} | {row['speedup']:.2f}x | {own_text} | {ceiling_text} | "
+                lines.append(f"| {ROW_NAMES.get(name, name)} | {row['seconds']:.1f} | {row['speedup']:.2f}x | {own_text} | {ceiling_text} | "
                              f"{same_text} |")
+        if "processes_warm" in bank:
+            fixed = (bank["processes"]["seconds"] - bank["processes_warm"]["seconds"]) / bank["rounds"]
+            lines += ["", f"A new process pool's fixed cost (worker start, imports, first-model warm-up): {fixed:.1f} s "
+                      "per command (new pool minus warm pool, per round)."]
         lines += ["", "*own s per model*: each model's training time as its worker measured it (a vmap chunk's time "
                   "shared equally). *ceiling*: workers x sequential own time / this executor's own time, the speed-up "
                   "if nothing but the models' own training took time; the gap to it is the executor's overhead, and a "
@@ -260,8 +270,9 @@ def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
         with_start = bank["sequential"]["seconds"] / (ray["seconds"] + ray["start_up_seconds"])
         lines += ["", f"Ray's fixed overhead: {ray['start_up_seconds']:.1f} s to start (in no row above; with it, "
                   f"Ray's speed-up is {with_start:.2f}x)"
-                  + (f"; its run took {ray['extra_over_processes_seconds']:+.1f} s against the process pool "
-                     "(worker start and imports, object store)" if "extra_over_processes_seconds" in ray else "")
+                  + (f"; its run took {ray['extra_over_processes_seconds']:+.1f} s against a new process pool "
+                     "(both start their workers and import; Ray adds its object store)"
+                     if "extra_over_processes_seconds" in ray else "")
                   + "."]
         if "vmap_speedup_over_one_by_one" in bank:
             ratios = ", ".join(f"{k} {v:.1f}x" for k, v in bank["vmap_speedup_over_one_by_one"].items())
