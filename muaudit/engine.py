@@ -7,7 +7,8 @@ per job (:meth:`train`) or whole vmap chunks per job (:meth:`train_vectorised`, 
 - :class:`SequentialExecutor` (the default): in this process, one after the other, exactly as before.
 - :class:`ProcessExecutor`: ``workers`` local processes, one torch thread each (on this project's 2-core CPU one
   CNN trains about 2.5x faster with one thread than with two, so one process per core is the way to use the
-  machine). Each worker receives the task and its data once (the pool initialiser).
+  machine). The pool persists across calls (closed by ``close()``, at exit, or when a worker dies), so a command
+  starts its workers once; each call's task and data reach each worker once, as a private copy.
 - :class:`RayExecutor`: Ray tasks (``pip install 'muaudit[ray]'``), on a Ray started here (``workers`` CPUs) or
   on a running cluster (``address``: ``auto``, ``host:port`` or ``ray://host:port``), with ``cpus`` and
   ``gpus`` (fractions allowed) per model. The task and data go to the object store once per call.
@@ -529,7 +530,10 @@ class RayExecutor:
             # Ray runs its workers at nice 15 by default; a Ray started here trains at this process's priority, as
             # the other executors do. Measured here beside two busy nice-10 processes: the first digits MLP took
             # 18.5 s with nice-15 workers and 4.7 s at nice 0, worker start included.
-            kwargs.update(num_cpus=self.workers or (os.cpu_count() or 1), _system_config={"worker_niceness": 0})
+            # address "local": a new Ray here even where a cluster is recorded (RAY_ADDRESS, or the file a `ray
+            # start` leaves behind, stale once that cluster is gone); joining one is what address="auto" asks.
+            kwargs.update(address="local", num_cpus=self.workers or (os.cpu_count() or 1),
+                          _system_config={"worker_niceness": 0})
         else:
             kwargs["address"] = self.address
         try:

@@ -22,6 +22,9 @@ ResNet-18 step on CUDA. One command, a few minutes (with the Fashion-MNIST IDX f
 
     pip install -e ".[ray]" && python reports/scripts/bench_engine.py --part gpu --fmnist-root shared/fashion-mnist
 
+``--part gpu --smoke`` runs that code path on the CPU (Ray is told it has one GPU, so fractional-GPU tasks are
+scheduled and train on the CPU), with small ``--cnn-models``/``--cnn-epochs``, to check the command without a GPU.
+
 Output: ``reports/engine/<part>.md`` and ``.json`` (``--out`` to change). Every ratio is measured in the same run.
 """
 from __future__ import annotations
@@ -49,7 +52,8 @@ from muaudit.shadows import ModelRequest, ShadowBank
 from muaudit.task import NAMED_TASKS, ModelSpec, Task
 
 OUT = Path(__file__).resolve().parents[1] / "engine"
-ROW_NAMES = {"processes": "processes (new pool)", "processes_warm": "processes (warm pool)"}
+ROW_NAMES = {"processes": "processes (new pool)", "processes_warm": "processes (warm pool)",
+             "vmap_cuda": "vmap, one chunk (this process)"}
 
 
 def log(message: str) -> None:
@@ -99,17 +103,22 @@ def timed_bank(task: Task, data: Any, requests: list[ModelRequest], executor: An
         return seconds, [state_dict_sha256(m.state_dict()) for m in models], float(np.mean(own))
 
 
-def ray_start(workers: int, gpus: float = 0.0) -> tuple[RayExecutor, float]:
-    """A local Ray (``workers`` CPUs) and its start-up time in seconds."""
+def ray_start(workers: int, gpus: float = 0.0, declare_gpu: bool = False) -> tuple[RayExecutor, float]:
+    """A local Ray (``workers`` CPUs) and its start-up time in seconds. ``declare_gpu`` (``--smoke``) declares one
+    GPU to Ray on a machine without one, so that fractional-GPU tasks are scheduled (they then train on the CPU)."""
     executor = RayExecutor(workers=workers, gpus=gpus)
     start = time.perf_counter()
+    if declare_gpu:
+        executor.ray.init(num_cpus=workers, num_gpus=1, include_dashboard=False, logging_level="ERROR",
+                          log_to_driver=False, _system_config={"worker_niceness": 0})
     executor.connect()
     return executor, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------- parts
 def executors_on(task: Task, data: Any, requests: list[ModelRequest], workers: int, device: torch.device,
-                 vectorise: str, chunk: int, rounds: int, ray_gpus: float = 0.0) -> dict[str, Any]:
+                 vectorise: str, chunk: int, rounds: int, ray_gpus: float = 0.0, declare_gpu: bool = False
+                 ) -> dict[str, Any]:
     """The same bank by the sequential executor, ``workers`` processes (CPU only) and Ray, in that order, repeated
     for ``rounds`` rounds (so that a change of load on the machine hits every executor alike); times are summed
     over rounds, own times averaged."""
@@ -122,13 +131,13 @@ def executors_on(task: Task, data: Any, requests: list[ModelRequest], workers: i
         runs: dict[str, tuple[float, list[str], float]] = {}
         log(f"round {round_ + 1}/{rounds}: sequential, {len(requests)} {label} in this process")
         runs["sequential"] = timed_bank(task, data, requests, SequentialExecutor(), device, vectorise, chunk)
-        if device.type == "cpu":
+        if device.type == "cpu" and not declare_gpu:
             log(f"processes: {workers} workers, a new pool")
             with ProcessExecutor(workers) as pool:
                 runs["processes"] = timed_bank(task, data, requests, pool, device, vectorise, chunk)
                 log("processes: the same pool again (warm workers), a fresh cache")
                 runs["processes_warm"] = timed_bank(task, data, requests, pool, device, vectorise, chunk)
-        ray, start_up = ray_start(workers, ray_gpus)
+        ray, start_up = ray_start(workers, ray_gpus, declare_gpu)
         start_ups.append(start_up)
         log(f"ray: started in {start_up:.1f} s; {workers} workers")
         runs["ray"] = timed_bank(task, data, requests, ray, device, vectorise, chunk)
@@ -213,15 +222,18 @@ def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def gpu_part(args: argparse.Namespace) -> dict[str, Any]:
-    if not torch.cuda.is_available():
-        raise SystemExit("--part gpu needs CUDA")
-    cuda = torch.device("cuda")
+    """The GPU measurement; with ``--smoke``, the same code path on the CPU (Ray told it has one GPU), so that the
+    prepared command is known to run before a lent GPU machine's minutes are spent on it."""
+    if not torch.cuda.is_available() and not args.smoke:
+        raise SystemExit("--part gpu needs CUDA (--smoke runs its code path on the CPU)")
+    cuda = torch.device("cpu" if args.smoke else "cuda")
     task, data, label = cnn_task(args.cnn_epochs, args.fmnist_root)
     pool = len(task.training_split(data))
     requests = halves(pool, args.cnn_models)
     log(f"CNN bank on CUDA: {args.cnn_models} x {label}")
     out: dict[str, Any] = {"cnn_bank": executors_on(task, data, requests, args.gpu_workers, cuda, "never", 32,
-                                                    args.rounds, ray_gpus=1.0 / args.gpu_workers)}
+                                                    args.rounds, ray_gpus=1.0 / args.gpu_workers,
+                                                    declare_gpu=args.smoke)}
     out["cnn_bank"]["workload"] = f"{args.cnn_models} shadows, {label}; Ray: {args.gpu_workers} models per GPU"
     try:
         seconds, _, _ = timed_bank(task, data, requests, SequentialExecutor(), cuda, "always", args.cnn_models)
@@ -229,15 +241,15 @@ def gpu_part(args: argparse.Namespace) -> dict[str, Any]:
                                         "speedup": out["cnn_bank"]["sequential"]["seconds"] / seconds}
     except ValueError as exc:  # an architecture vmap cannot train
         out["cnn_bank"]["vmap_cuda"] = {"skipped": str(exc)}
-    out["resnet18_cifar10"] = resnet18_step(cuda, steps=20)
-    out["gpu"] = torch.cuda.get_device_name(0)
+    out["resnet18_cifar10"] = resnet18_step(cuda, steps=1 if args.smoke else 20)
+    out["gpu"] = "none (--smoke: the code path on the CPU)" if args.smoke else torch.cuda.get_device_name(0)
     return out
 
 
 # --------------------------------------------------------------------------------------------- report
 def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# Executors: shadow banks by the sequential executor, local processes and Ray ({part})", "",
-             f"Measured {meta['date_utc']} by `python reports/scripts/bench_engine.py --part {part}` on "
+             f"Measured {meta['date_utc']} by `{meta['command']}` on "
              f"{meta['machine']} (torch {meta['torch']}, Ray {meta['ray']}); every ratio is measured in this run.", ""]
     for key, title in (("cnn_bank", "CNN shadow bank"), ("mlp_bank", "digits MLP shadow bank, vmap")):
         if key not in result:
@@ -300,6 +312,8 @@ def main() -> int:
     parser.add_argument("--fmnist-root", default=FASHION_MNIST_ROOT,
                         help="folder of the Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --part gpu: run its code path on the CPU (no GPU needed), to check the command")
     args = parser.parse_args()
     try:
         import ray
@@ -310,14 +324,16 @@ def main() -> int:
     start = time.perf_counter()
     result = part(args)
     meta = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "torch": torch.__version__,
+            "command": " ".join(["python reports/scripts/bench_engine.py", *sys.argv[1:]]),
             "ray": ray_version, "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "machine": f"{os.cpu_count()} CPU(s), {platform.machine()}" + (
-                f", {torch.cuda.get_device_name(0)}" if args.part == "gpu" else ""),
+                f", {result['gpu']}" if args.part == "gpu" else ""),
             "args": vars(args) | {"out": str(args.out)}, "wall_seconds": time.perf_counter() - start}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.part}.json").write_text(json.dumps({"meta": meta, **result}, indent=1, sort_keys=True))
+    name = f"{args.part}-smoke" if args.smoke else args.part
+    (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, **result}, indent=1, sort_keys=True))
     text = markdown(args.part, result, meta)
-    (args.out / f"{args.part}.md").write_text(text)
+    (args.out / f"{name}.md").write_text(text)
     print(text)
     return 0
 
