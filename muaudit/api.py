@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from muaudit.defaults import DEFAULT_ATTACKS, DEFAULT_RETAIN_SAMPLE
 
@@ -51,11 +52,12 @@ def audit(method: MethodLike, model: Any = None, *, task: Any = "digits", attack
 
     plugin, method_params = method_plugin(method, params)
     loaded_attacks = attack_plugins(attacks)
-    setup = prepare_audit(model, task=task, gold_seeds=gold_seeds, device=device, cache_dir=cache_dir,
-                          retain_sample=retain_sample, arch=arch, strip_prefix=strip_prefix, key_map=key_map,
-                          normalize=normalize, data_root=data_root, progress=progress, executor=executor)
-    run = run_method(setup, plugin, method_params, seed)
-    return build_scorecard(setup, run, loaded_attacks, challenge_models)
+    with _executor(executor) as workers:
+        setup = prepare_audit(model, task=task, gold_seeds=gold_seeds, device=device, cache_dir=cache_dir,
+                              retain_sample=retain_sample, arch=arch, strip_prefix=strip_prefix, key_map=key_map,
+                              normalize=normalize, data_root=data_root, progress=progress, executor=workers)
+        run = run_method(setup, plugin, method_params, seed)
+        return build_scorecard(setup, run, loaded_attacks, challenge_models)
 
 
 def compare(methods: Iterable[MethodLike], model: Any = None, *, params: Mapping[str, Mapping[str, Any]] | None = None,
@@ -81,11 +83,12 @@ def compare(methods: Iterable[MethodLike], model: Any = None, *, params: Mapping
 
         raise ParameterError(f"params given for methods not compared: {', '.join(sorted(unknown))}")
     loaded_attacks = attack_plugins(attacks)
-    setup = prepare_audit(model, task=task, gold_seeds=gold_seeds, device=device, cache_dir=cache_dir,
-                          retain_sample=retain_sample, arch=arch, strip_prefix=strip_prefix, key_map=key_map,
-                          normalize=normalize, data_root=data_root, progress=progress, executor=executor)
-    return compare_methods(setup, loaded, lambda p, kw: build_scorecard(setup, run_method(setup, p, kw, seed),
-                                                                           loaded_attacks, challenge_models))
+    with _executor(executor) as workers:
+        setup = prepare_audit(model, task=task, gold_seeds=gold_seeds, device=device, cache_dir=cache_dir,
+                              retain_sample=retain_sample, arch=arch, strip_prefix=strip_prefix, key_map=key_map,
+                              normalize=normalize, data_root=data_root, progress=progress, executor=workers)
+        return compare_methods(setup, loaded, lambda p, kw: build_scorecard(setup, run_method(setup, p, kw, seed),
+                                                                               loaded_attacks, challenge_models))
 
 
 def prepare_audit(model: Any = None, *, task: Any = "digits", gold_seeds: int = 2, device: str = "auto",
@@ -94,7 +97,11 @@ def prepare_audit(model: Any = None, *, task: Any = "digits", gold_seeds: int = 
                   normalize: Any = None, data_root: str | None = None, progress: bool = True,
                   executor: Any = None) -> Any:
     """The shared set-up (data, original and gold models) of :func:`audit` and :func:`compare`, for running
-    :func:`muaudit.audit.run_method` and :func:`muaudit.audit.build_scorecard` yourself."""
+    :func:`muaudit.audit.run_method` and :func:`muaudit.audit.build_scorecard` yourself.
+
+    An executor named here (``"processes"``) serves the set-up's later training too and lives as long as it; to
+    stop a process pool's workers earlier, pass an executor object and close it (``with ProcessExecutor(2) as
+    executor: ...``). :func:`audit` and :func:`compare` close an executor they made from its name."""
     from muaudit.adapt import StateAdapter, parse_normalize
     from muaudit.cache import TensorCache
     from muaudit.engine import make_executor
@@ -111,6 +118,24 @@ def prepare_audit(model: Any = None, *, task: Any = "digits", gold_seeds: int = 
     return prepare(resolved_task, _checkpoint(model), arch_name, data_root, gold_seeds, TensorCache(cache_dir),
                    resolve_device(device), progress=progress, retain_sample_size=retain_sample, adapter=adapter,
                    executor=make_executor(executor) if isinstance(executor, str) else executor)
+
+
+@contextmanager
+def _executor(executor: Any) -> Iterator[Any]:
+    """``executor`` as an object; one made here from its name is closed when the call is done (a process pool's
+    workers stop), one given as an object is the caller's to close."""
+    if not isinstance(executor, str):
+        yield executor
+        return
+    from muaudit.engine import make_executor
+
+    made = make_executor(executor)
+    try:
+        yield made
+    finally:
+        close = getattr(made, "close", None)
+        if close is not None:
+            close()
 
 
 # --------------------------------------------------------------------------------------------- inputs

@@ -125,3 +125,26 @@ def test_the_cli_prints_a_progress_log_when_stderr_is_not_a_terminal(cache_dir, 
     json.loads(result.stdout)
     quiet = subprocess.run([*argv, "--quiet"], capture_output=True, text=True, env=env, timeout=600)
     assert "done in" not in quiet.stderr
+
+
+def test_an_executor_named_in_the_api_is_closed_when_the_call_returns(tmp_path, monkeypatch):
+    """``executor="processes"``: the pool made for the call stops with it; an executor object is the caller's."""
+    import muaudit.engine as engine
+
+    made = []
+    real = engine.make_executor
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "make_executor", recording)
+    card = muaudit.audit("finetune", attacks="loss", cache_dir=tmp_path, progress=False, epochs=1,
+                         executor="processes")
+    assert card.method["name"] == "finetune" and len(made) == 1
+    assert made[0]._calls >= 1 and made[0]._pool is None  # it ran work, then its workers stopped
+    with engine.ProcessExecutor(2) as mine:
+        muaudit.audit("finetune", attacks="loss", cache_dir=tmp_path, progress=False, epochs=1, gold_seeds=4,
+                      executor=mine)
+        assert mine._pool is not None  # still the caller's
+    assert mine._pool is None
