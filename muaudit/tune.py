@@ -392,9 +392,8 @@ def _run_tuning(setup: Any, plugin: Any, params: dict[str, Any], space: Mapping[
     golds_seconds = time.perf_counter() - start
     configs = [{}] + draw_configurations(space, budget, seed)
     trials_start = time.perf_counter()
-    runs = _method_runs(setup, plugin, params, configs, proxy_list, seed)
-    trials = [_trial(i, c, [per_proxy[i] for per_proxy in runs], proxy_list, sorted(space))
-              for i, c in enumerate(configs)]
+    scored = _scored_runs(setup, plugin, params, configs, proxy_list, seed)
+    trials = [_trial(i, c, [per_proxy[i] for per_proxy in scored], sorted(space)) for i, c in enumerate(configs)]
     trials_wall = time.perf_counter() - trials_start
     best = min(trials, key=lambda t: (t.score, t.index))
     if not math.isfinite(best.score):
@@ -460,50 +459,67 @@ def _readouts(setup: Any, model: Any) -> dict[str, float]:
 TRIAL_ERRORS = (MuauditError, ArithmeticError, RuntimeError, ValueError)
 
 
-def _method_runs(setup: Any, plugin: Any, fixed: Mapping[str, Any], configs: Sequence[Mapping[str, Any]],
-                 proxies: Sequence[_Proxy], seed: int) -> list[list[Any]]:
-    """``runs[j][i]``: configuration i run on proxy j (common method seeds across configurations), through the
-    audit's executor (:meth:`muaudit.engine.SequentialExecutor.run_grid`), so a configuration's runs may happen
-    on other workers; a failed run is a :class:`~muaudit.engine.RunFailure` in its place."""
+@dataclass(frozen=True)
+class _Scored:
+    """One configuration's run on one proxy, scored (the model itself is not kept)."""
+
+    params: dict[str, Any]
+    seconds: float
+    readouts: dict[str, float] | None = None
+    score: float = math.inf
+    collapsed: bool = False
+    error: str | None = None
+
+
+def _scored_runs(setup: Any, plugin: Any, fixed: Mapping[str, Any], configs: Sequence[Mapping[str, Any]],
+                 proxies: Sequence[_Proxy], seed: int) -> list[list[_Scored]]:
+    """``scored[j][i]``: configuration i run on proxy j (common method seeds across configurations) and scored.
+
+    Each proxy's runs go through the audit's executor together
+    (:meth:`muaudit.engine.SequentialExecutor.run_grid`), so they may happen on other workers; they are scored
+    here, proxy by proxy, so that at most one proxy's unlearned models are held at once."""
     from muaudit.engine import executor_of
     from muaudit.training import derive_seed
 
     executor = executor_of(setup)
-    return [executor.run_grid(proxy.setup, plugin, [({**fixed, **config}, derive_seed(seed, "method", j))
-                                                    for config in configs], keep=TRIAL_ERRORS)
-            for j, proxy in enumerate(proxies)]
+    scored = []
+    for j, proxy in enumerate(proxies):
+        runs = executor.run_grid(proxy.setup, plugin, [({**fixed, **config}, derive_seed(seed, "method", j))
+                                                       for config in configs], keep=TRIAL_ERRORS)
+        scored.append([_score(run, proxy) for run in runs])
+    return scored
 
 
-def _trial(index: int, config: Mapping[str, Any], runs: Sequence[Any], proxies: Sequence[_Proxy],
-           space_names: Sequence[str] = ()) -> Trial:
-    """Score one configuration from its run on every proxy. ``seconds`` is the configuration's own time: its
-    method runs as each measured itself (wherever it ran) plus its readouts here."""
+def _score(run: Any, proxy: _Proxy) -> _Scored:
+    """``run`` scored against its proxy's gold models; its seconds are the run's own (as it measured itself,
+    wherever it ran) plus the readouts here."""
     from muaudit.engine import RunFailure
 
-    start = time.perf_counter()
-    readouts, scores, collapsed = [], [], []
-    config, own = dict(config), 0.0
-
-    def failed(reason: str) -> Trial:
-        return Trial(index, dict(config), index == 0, math.inf, tuple(readouts), tuple(collapsed),
-                     own + time.perf_counter() - start, reason)
-
+    if isinstance(run, RunFailure):
+        return _Scored({}, 0.0, error=run.reason)
+    start, own = time.perf_counter(), run.seconds + run.stats_seconds
     try:
-        for run, proxy in zip(runs, proxies):
-            if isinstance(run, RunFailure):
-                return failed(run.reason)
-            own += run.seconds + run.stats_seconds
-            if not config and index == 0:  # record what the default resolved to, for the table
-                config = {k: v for k, v in run.params.items() if k in space_names}
-            values = _readouts(proxy.setup, run.model)
-            score, fell = proxy.reference.closeness(values)
-            readouts.append(values)
-            scores.append(score)
-            collapsed.append(fell)
+        values = _readouts(proxy.setup, run.model)
+        score, fell = proxy.reference.closeness(values)
     except TRIAL_ERRORS as exc:
-        return failed(RunFailure.of(exc).reason)
-    return Trial(index, dict(config), index == 0, float(np.mean(scores)), tuple(readouts), tuple(collapsed),
-                 own + time.perf_counter() - start)
+        return _Scored(dict(run.params), own + time.perf_counter() - start, error=RunFailure.of(exc).reason)
+    return _Scored(dict(run.params), own + time.perf_counter() - start, values, score, fell)
+
+
+def _trial(index: int, config: Mapping[str, Any], scored: Sequence[_Scored], space_names: Sequence[str] = ()
+           ) -> Trial:
+    """One configuration from its scored run on every proxy: the mean score, or the first proxy's failure."""
+    config = dict(config)
+    if not config and index == 0 and scored and scored[0].params:  # what the default resolved to (its run's)
+        config = {k: v for k, v in scored[0].params.items() if k in space_names}
+    done = []
+    for one in scored:
+        if one.error is not None:
+            return Trial(index, config, index == 0, math.inf, tuple(d.readouts for d in done),
+                         tuple(d.collapsed for d in done), sum(d.seconds for d in (*done, one)), one.error)
+        done.append(one)
+    return Trial(index, config, index == 0, float(np.mean([d.score for d in done])), tuple(d.readouts for d in done),
+                 tuple(d.collapsed for d in done), sum(d.seconds for d in done))
 
 
 # --------------------------------------------------------------------------------------------- caching

@@ -156,8 +156,8 @@ def test_tuned_is_at_least_as_close_to_proxy_gold_as_the_default(original_only):
                for t in T.draw_proxy_tasks(original_only.task, original_only.data, 2, result.seed)]
 
     def rerun(index: int, config: dict) -> T.Trial:
-        runs = T._method_runs(original_only, plugin, {}, [config], proxies, result.seed)
-        return T._trial(index, config, [per_proxy[0] for per_proxy in runs], proxies)
+        scored = T._scored_runs(original_only, plugin, {}, [config], proxies, result.seed)
+        return T._trial(index, config, [per_proxy[0] for per_proxy in scored])
 
     chosen, default = rerun(1, result.chosen), rerun(0, {})
     assert chosen.score <= default.score
