@@ -219,7 +219,7 @@ class ShadowUnlearner:
     @property
     def portable(self) -> bool:
         """Whether the bank's executor may run this unlearner on its workers (it can import the method's class):
-        it is then the ``make`` of :meth:`muaudit.shadows.ShadowBank.derived_many`, sent to each worker once."""
+        it is then the ``make`` of :meth:`muaudit.shadows.ShadowBank.derived`, sent to each worker once."""
         from muaudit.engine import importable
 
         return importable(self.plugin.cls)

@@ -214,20 +214,14 @@ class ShadowBank:
         return torch.stack([self._logits[k] for k in keys])
 
     # ------------------------------------------------------------------------------------------- derived
-    def derived(self, base: ModelRequest, label: Mapping[str, Any],
-                make: Callable[[nn.Module], nn.Module]) -> nn.Module:
-        """A model derived from bank model ``base`` by ``make`` (given a private deep copy), cached under
-        ``base`` and ``label``; the result must keep the architecture and have finite weights. ``make`` runs in
-        this process (:meth:`derived_many` spreads portable jobs over the executor)."""
-        return self.derived_many(lambda model, pool, device: make(model), [(base, label, ())])[0]
-
-    def derived_many(self, make: Callable[..., nn.Module],
+    def derived(self, make: Callable[..., nn.Module],
                      items: Sequence[tuple[ModelRequest, Mapping[str, Any], tuple[Any, ...]]]) -> list[nn.Module]:
         """The models derived from bank models by ``make``, one per ``(base, label, args)`` item, cached under
         ``base`` and ``label``. Cache misses are derived together by the bank's executor
         (:meth:`muaudit.engine.SequentialExecutor.derive`): ``make(model, pool, device, *args)`` gets a private
         copy of the base model, and runs on the workers when it is portable (:class:`muaudit.runs.ShadowUnlearner`),
-        here otherwise. Each result is checked (architecture, finite weights) before it is cached."""
+        here otherwise (a closure, say). Each result is checked (architecture, finite weights) before it is
+        cached."""
         configs = [self._derived_config(base, label) for base, label, _ in items]
         found: dict[str, nn.Module] = {}
         misses: dict[str, int] = {}
@@ -249,15 +243,10 @@ class ShadowBank:
                 found.update(zip(misses, self._derive(make, [items[i] for i in misses.values()])))
         return [found[self.cache.key(config)] for config in configs]
 
-    def derived_logits(self, base: ModelRequest, label: Mapping[str, Any], make: Callable[[nn.Module], nn.Module],
-                       pool_indices: np.ndarray) -> torch.Tensor:
-        """``(n, K)`` float32 CPU logits of :meth:`derived` on pool examples ``pool_indices`` (memoised)."""
-        return self.derived_logits_many(lambda model, pool, device: make(model), [(base, label, ())], pool_indices)[0]
-
-    def derived_logits_many(self, make: Callable[..., nn.Module],
+    def derived_logits(self, make: Callable[..., nn.Module],
                             items: Sequence[tuple[ModelRequest, Mapping[str, Any], tuple[Any, ...]]],
                             pool_indices: np.ndarray) -> list[torch.Tensor]:
-        """``(n, K)`` float32 CPU logits of each of :meth:`derived_many`'s models on pool examples
+        """``(n, K)`` float32 CPU logits of each of :meth:`derived`'s models on pool examples
         ``pool_indices`` (memoised; the missing models derived together)."""
         indices = self._pool_indices(pool_indices)
         digest = _indices_sha256(indices)
@@ -265,7 +254,7 @@ class ShadowBank:
         todo = {k: item for k, item in zip(keys, items) if k not in self._logits}
         if todo:
             split = self.pool.subset(indices)
-            for key, model in zip(todo, self.derived_many(make, list(todo.values()))):
+            for key, model in zip(todo, self.derived(make, list(todo.values()))):
                 self._logits[key] = predict_logits(model, split, self.device)
         return [self._logits[k] for k in keys]
 
@@ -367,7 +356,7 @@ class ShadowBank:
         trained_models = self.executor.derive(self.task, self.data, self.pool, make, requests, self.device)
         derived = []
         for (base, label, _), trained in zip(items, trained_models):
-            model = self._validated(trained.model if trained.model is not None else trained.state, label)
+            model = self._validated(trained.state if trained.model is None else _cpu_state(trained.model), label)
             self.cache.put(self._derived_config(base, label), model.state_dict(),
                            {"derive_seconds": trained.seconds, "base": self.model_config(base)})
             derived.append(model)
@@ -381,15 +370,10 @@ class ShadowBank:
         return {"kind": "shadow-derived", "bank_schema": BANK_SCHEMA, "base": self.model_config(base),
                 "label": label_json}
 
-    def _validated(self, result: object, label: Mapping[str, Any]) -> nn.Module:
-        """``result`` of a ``make`` as a fresh model of the task's architecture; a broken result is a plugin error."""
+    def _validated(self, state: Mapping[str, torch.Tensor], label: Mapping[str, Any]) -> nn.Module:
+        """A ``make``'s result (its CPU state dict; :func:`muaudit.engine.derive_one` checked that it was a module)
+        as a fresh model of the task's architecture; a broken result is a plugin error."""
         what = f"derived model {json.dumps(dict(label), sort_keys=True)}"
-        if isinstance(result, dict):  # a state dict from a worker (which checked that it was a module's)
-            state = result
-        elif isinstance(result, nn.Module):
-            state = {k: v.detach().cpu() for k, v in result.state_dict().items()}
-        else:
-            raise PluginValidationError(f"{what}: expected an nn.Module, got {type(result).__name__}")
         try:
             return self._strict(state, what)
         except CheckpointError as exc:

@@ -486,7 +486,7 @@ def test_a_derived_model_from_a_closure_is_made_in_this_process(tmp_path):
             next(model.parameters()).mul_(scale)
         return model
 
-    models = bank.derived_many(make, [(r, {"n": i}, (0.5 * i,)) for i, r in enumerate(base)])
+    models = bank.derived(make, [(r, {"n": i}, (0.5 * i,)) for i, r in enumerate(base)])
     assert seen == [pid, pid] and len(models) == 2
     assert not next(models[0].parameters()).any() and next(models[1].parameters()).any()  # each got its own args
 

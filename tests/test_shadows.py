@@ -177,6 +177,9 @@ def test_derived_models_are_cached_and_validated(task, data, tmp_path):
     base = ModelRequest("shadow-original", np.arange(300), seed=2)
     calls = []
 
+    def derive(bank: ShadowBank, label: dict, make) -> torch.nn.Module:
+        return bank.derived(lambda model, pool, device: make(model), [(base, label, ())])[0]
+
     def shrink(model: torch.nn.Module) -> torch.nn.Module:
         calls.append(1)
         with torch.no_grad():
@@ -184,12 +187,13 @@ def test_derived_models_are_cached_and_validated(task, data, tmp_path):
                 p.mul_(0.5)
         return model
 
-    derived = bank.derived(base, {"method": "shrink"}, shrink)
+    derived = derive(bank, {"method": "shrink"}, shrink)
     original = bank.models([base])[0]
     assert all(torch.allclose(d, 0.5 * o) for d, o in zip(derived.parameters(), original.parameters()))
-    again = ShadowBank(task, data, cache, CPU).derived(base, {"method": "shrink"}, shrink)
+    again = derive(ShadowBank(task, data, cache, CPU), {"method": "shrink"}, shrink)
     assert calls == [1] and _equal(derived, again)
-    logits = bank.derived_logits(base, {"method": "shrink"}, shrink, np.arange(7))
+    [logits] = bank.derived_logits(lambda model, pool, device: shrink(model), [(base, {"method": "shrink"}, ())],
+                                   np.arange(7))
     assert logits.shape == (7, data.n_classes) and calls == [1]
 
     def nan(model: torch.nn.Module) -> torch.nn.Module:
@@ -198,11 +202,13 @@ def test_derived_models_are_cached_and_validated(task, data, tmp_path):
         return model
 
     with pytest.raises(PluginValidationError, match="NaN") as err:
-        bank.derived(base, {"method": "nan"}, nan)
+        derive(bank, {"method": "nan"}, nan)
     assert "\n" not in str(err.value)
     other = build_model("mlp", (1, 8, 8), 10, data.mean, data.std, {"hidden": 7})
     with pytest.raises(PluginValidationError, match="does not match the architecture") as err:
-        bank.derived(base, {"method": "other"}, lambda model: other)
+        derive(bank, {"method": "other"}, lambda model: other)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="JSON"):
-        bank.derived(base, {"method": object()}, shrink)
+        derive(bank, {"method": object()}, shrink)
+    with pytest.raises(PluginValidationError, match="expected an nn.Module, got int"):
+        derive(bank, {"method": "int"}, lambda model: 3)

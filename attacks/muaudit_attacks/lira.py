@@ -191,5 +191,5 @@ class ULiRAAttack(_LiRABase):
             label = {"unlearned_by": unlearner.label, "forget_count": len(forget_idx),
                      "forget_sha256": hashlib.sha256(np.asarray(forget_idx, np.int64).tobytes()).hexdigest()}
             items.append((request, label, (request.indices, forget_idx, request.seed)))
-        logits = bank.derived_logits_many(unlearner, items, halves.candidates)
+        logits = bank.derived_logits(unlearner, items, halves.candidates)
         return np.stack([logit_scaled_confidence(row, halves.labels()) for row in logits])

@@ -287,7 +287,7 @@ def markdown(part: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
                      if "extra_over_processes_seconds" in ray else "")
                   + "."]
         if "vmap_speedup_over_one_by_one" in bank:
-            ratios = ", ".join(f"{k} {v:.1f}x" for k, v in bank["vmap_speedup_over_one_by_one"].items())
+            ratios = ", ".join(f"{ROW_NAMES.get(k, k)} {v:.1f}x" for k, v in bank["vmap_speedup_over_one_by_one"].items())
             lines += ["", f"One by one (no vmap): {bank['seconds_per_model_one_by_one']:.2f} s per model; the vmap "
                       f"banks' throughput against it: {ratios}."]
         lines.append("")
